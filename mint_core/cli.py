@@ -1,0 +1,252 @@
+"""The ``mint`` command line: composes registry components into runs.
+
+    mint plugins list [--json]          what is installed, and whether it loaded
+    mint plugins info NAME              one plugin's components and their options
+    mint validate [flags] [overrides]   resolve a config without building anything
+    mint teach | prefs | train | eval   one stage, reading the previous stage's artifacts
+    mint run [flags] [overrides]        all four stages (no flags: the offline demo)
+    mint compare [flags] [overrides]    base, RAG, SFT, DPO, KTO, ORPO... on one task and split
+
+Overrides are trailing ``section.key=value`` words (``teacher.epochs=5 seed=3``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from mint_core import __version__
+from mint_core.registry import KINDS, MintError, Registry, get_registry
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _component_options(func: Callable) -> Callable:
+    """The options every config-taking command shares."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Run config (YAML)."),
+        click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory (default: runs/<name>)."),
+        click.option("--name", help="Run name (default: from the config, else task-teacher-optimizer)."),
+        click.option("--seed", type=int, help="Seed for python, numpy and torch."),
+        *(click.option(f"--{kind}", kind, metavar="NAME", help=f"{kind.capitalize()} component (registry name).")
+          for kind in KINDS),
+        click.argument("overrides", nargs=-1),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _resolve_run(registry: Registry, *, config_file: str | None, run_dir: str | None, name: str | None,
+                 seed: int | None, overrides: tuple[str, ...], **components: str | None) -> tuple[dict, Path]:
+    from mint_core.config import load_config_file, parse_overrides, resolve
+
+    file_layer: dict[str, Any] = {}
+    saved = Path(run_dir) / "config.yaml" if run_dir else None
+    if config_file:
+        file_layer = load_config_file(config_file)
+    elif saved is not None and saved.exists():
+        file_layer = load_config_file(saved)  # a stage run on an existing run directory continues it
+    flags = {kind: components.get(kind) for kind in KINDS}
+    flags.update(name=name, seed=seed)
+    resolved = resolve(registry, file=file_layer, flags=flags, overrides=parse_overrides(overrides))
+    if not (name or file_layer.get("name") or parse_overrides(overrides).get("name")):
+        resolved["name"] = f"{resolved['task']['name']}-{resolved['teacher']['name']}-{resolved['optimizer']['name']}"
+    return resolved, Path(run_dir) if run_dir else Path("runs") / resolved["name"]
+
+
+def _open_run(**kwargs: Any):
+    from mint_core.pipeline import Run
+
+    registry = get_registry()
+    config, run_dir = _resolve_run(registry, **kwargs)
+    run = Run(registry=registry, config=config, run_dir=run_dir, console=err_console)
+    run.save_config()
+    err_console.print(f"[bold]run[/bold] {run_dir}  (task {config['task']['name']}, teacher "
+                      f"{config['teacher']['name']}, builder {config['builder']['name']}, optimizer "
+                      f"{config['optimizer']['name']}, student {config['student']['name']}, seed {config['seed']})")
+    return run
+
+
+class MintGroup(click.Group):
+    """Adds plugin commands lazily and turns MintError into a clean message and exit code 2."""
+
+    def _load_plugin_commands(self) -> None:
+        if getattr(self, "_plugins_loaded", False):
+            return
+        self._plugins_loaded = True
+        get_registry().pm.hook.mint_register_commands(cli=self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MintError as exc:
+            err_console.print(f"[bold red]Error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=MintGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mint")
+def cli() -> None:
+    """MINT: align unimodal LLMs with multimodal biomedical teachers through preference optimization."""
+
+
+# -- plugins -------------------------------------------------------------------------------------
+@cli.group()
+def plugins() -> None:
+    """Installed plugins and the components they provide."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def plugins_list(as_json: bool) -> None:
+    """Every plugin of the 'mint' entry-point group: version, status, what it provides."""
+    registry = get_registry()
+    infos = sorted(registry.plugins.values(), key=lambda p: p.name)
+    if as_json:
+        click.echo(json.dumps([info.to_dict() for info in infos], indent=2))
+        return
+    table = Table(title="MINT plugins")
+    for column in ("name", "version", "status", "provides"):
+        table.add_column(column)
+    colors = {"ok": "green", "failed": "red", "blocked": "yellow"}
+    for info in infos:
+        provides = ", ".join(info.provides) if info.status == "ok" else info.error
+        table.add_row(info.name, info.version, f"[{colors[info.status]}]{info.status}[/]", provides)
+    console.print(table)
+
+
+@plugins.command("info")
+@click.argument("name")
+def plugins_info(name: str) -> None:
+    """One plugin's components with their config fields, types and defaults."""
+    from mint_core.registry import suggest
+
+    registry = get_registry()
+    if name not in registry.plugins:
+        guess = suggest(name, registry.plugins)
+        hint = f" Did you mean {guess!r}?" if guess else ""
+        raise MintError(f"Unknown plugin {name!r}.{hint} Available: {', '.join(sorted(registry.plugins))}")
+    info = registry.plugins[name]
+    console.print(f"[bold]{info.name}[/bold] {info.version} ({info.distribution or 'local'}): {info.status}")
+    if info.error:
+        console.print(f"[red]{info.error}[/red]")
+    for kind in KINDS:
+        for spec in registry.components[kind].values():
+            if spec.plugin != name:
+                continue
+            table = Table(title=f"{kind} {spec.name}: {spec.description}", title_justify="left")
+            for column in ("option", "type", "default", "help"):
+                table.add_column(column)
+            for field_name, field_type, default, help_text in spec.config_fields():
+                table.add_row(f"{kind}.{field_name}", field_type, repr(default), help_text)
+            console.print(table)
+            if spec.pairs_with:
+                console.print("  pairs with: " + ", ".join(f"{k}={v}" for k, v in spec.pairs_with.items()))
+
+
+# -- config --------------------------------------------------------------------------------------
+@cli.command()
+@_component_options
+def validate(**kwargs: Any) -> None:
+    """Resolve and check a run configuration without building anything; print it as YAML."""
+    import yaml
+
+    config, run_dir = _resolve_run(get_registry(), **kwargs)
+    click.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
+    err_console.print(f"[green]valid[/green] (run dir {run_dir})")
+
+
+# -- stages --------------------------------------------------------------------------------------
+@cli.command()
+@_component_options
+def teach(**kwargs: Any) -> None:
+    """Load the task, fit the teacher if it needs fitting, rank every case."""
+    _open_run(**kwargs).teach()
+
+
+@cli.command()
+@_component_options
+def prefs(**kwargs: Any) -> None:
+    """Build preference data from the teacher's rankings."""
+    _open_run(**kwargs).prefs()
+
+
+@cli.command()
+@_component_options
+def train(**kwargs: Any) -> None:
+    """Align the student with the chosen optimizer (resumes from its last checkpoint)."""
+    _open_run(**kwargs).train()
+
+
+@cli.command("eval")
+@click.option("--roles", default="", help="Comma-separated roles to evaluate: base and/or optimizer names "
+                                           "(default: base and the run's optimizer if trained).")
+@_component_options
+def eval_command(roles: str, **kwargs: Any) -> None:
+    """Evaluate the base student and the aligned student(s) on the test split."""
+    run = _open_run(**kwargs)
+    chosen = [r.strip() for r in roles.split(",") if r.strip()]
+    if not chosen:
+        chosen = ["base"]
+        if (run.student_dir(run.config["optimizer"]["name"]) / "result.json").exists():
+            chosen.append(run.config["optimizer"]["name"])
+    _show(run.evaluate(chosen))
+
+
+@cli.command()
+@_component_options
+def run(**kwargs: Any) -> None:
+    """All four stages. With no flags: the offline rare-disease demo (hpo-sim, gestalt, ORPO, SmolLM2)."""
+    mint_run = _open_run(**kwargs)
+    mint_run.teach()
+    mint_run.prefs()
+    mint_run.train()
+    _show(mint_run.evaluate(["base", mint_run.config["optimizer"]["name"]]))
+    err_console.print(f"report: {mint_run.run_dir / 'report.md'}")
+
+
+@cli.command()
+@click.option("--methods", default="", help="Comma-separated methods (default: base, rag, sft, dpo, kto, orpo "
+                                             "and every other installed optimizer).")
+@_component_options
+def compare(methods: str, **kwargs: Any) -> None:
+    """The paper's grid on one task and split, sharing one teacher and one preference set."""
+    from mint_core.compare import run_comparison
+
+    mint_run = _open_run(**kwargs)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] or None
+    results = run_comparison(mint_run, methods=chosen, explicit_overrides=kwargs.get("overrides", ()))
+    _show(results, title="MINT comparison")
+
+
+def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results") -> None:
+    from mint_core.pipeline import metrics_table
+
+    console.print(metrics_table(all_metrics, title=title))
+
+
+def main() -> None:
+    cli(prog_name="mint")
+
+
+if __name__ == "__main__":
+    main()

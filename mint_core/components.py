@@ -1,0 +1,141 @@
+"""The interface of each component kind.
+
+A plugin registers a *factory* per component (see :mod:`mint_core.hookspecs`); the core calls
+``factory(config)`` with an instance of the component's config dataclass and then uses the
+returned object through the methods below. Every method takes keyword arguments only, so the
+contract can grow without breaking plugins.
+
+Heavy imports (torch, transformers) belong inside these methods, never at a plugin's top level:
+``mint --help`` must not pay for them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
+
+from mint_core.types import Case, LabelSpace, Modality, PreferenceExample, Prompt, Ranking, TaskData
+
+if TYPE_CHECKING:
+    from mint_core.context import RunContext
+
+ExampleKind = Literal["pair", "unpaired", "sft"]
+
+
+class Task(ABC):
+    """A data source with its label space (rare diseases from phenopackets, tissue tiles, ...)."""
+
+    #: What the student sees of a case: the notes (``text``) or the image (``image``).
+    student_modality: ClassVar[Modality] = "text"
+    #: Plural noun for the labels, used in prompts and reports ("diseases", "tissue types").
+    label_noun: ClassVar[str] = "labels"
+
+    @abstractmethod
+    def load(self, *, ctx: RunContext) -> TaskData:
+        """Return the label space and every case with its split assigned.
+
+        Images the task creates (rendered faces, synthetic tiles) go under ``ctx.path("images")``
+        and are referenced from :attr:`Case.image` relative to the run directory.
+        """
+
+    @abstractmethod
+    def prompt(self, *, case: Case, n_answers: int) -> Prompt:
+        """The student's unimodal view of ``case``: a question asking for ``n_answers`` labels."""
+
+
+class Teacher(ABC):
+    """A multimodal model that ranks the whole label space for each case."""
+
+    @abstractmethod
+    def fit(self, *, data: TaskData, ctx: RunContext) -> None:
+        """Train on ``data.split("train")`` (and ``"val"``); a no-op for pretrained or precomputed teachers.
+
+        Checkpoints go under ``ctx.path("teacher")`` as safetensors.
+        """
+
+    @abstractmethod
+    def rank(self, *, data: TaskData, cases: Sequence[Case], ctx: RunContext) -> list[Ranking]:
+        """Rank every label of ``data.labels`` for each case, best first, one :class:`Ranking` per case."""
+
+
+class PreferenceBuilder(ABC):
+    """Turns teacher rankings into training examples for an optimizer."""
+
+    #: The kind of example built: ``pair`` (ORPO, DPO), ``unpaired`` (KTO), ``sft``.
+    kind: ClassVar[ExampleKind] = "pair"
+
+    @abstractmethod
+    def build(self, *, task: Task, data: TaskData, rankings: dict[str, Ranking],
+              ctx: RunContext) -> list[PreferenceExample]:
+        """Examples for the training cases (``data.split("train")``), using ``task.prompt`` for prompts."""
+
+
+@dataclass
+class TrainResult:
+    """What an optimizer leaves behind in its output directory."""
+
+    output_dir: Path
+    #: A peft adapter folder, or ``None`` when the optimizer changes no weights (RAG).
+    adapter_dir: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class StudentModel(ABC):
+    """A loaded student (base model, optionally with an adapter) used by optimizers and evaluation."""
+
+    modality: Modality
+    #: The transformers model (a ``peft.PeftModel`` once an adapter is attached).
+    model: Any
+    #: The tokenizer (text) or processor (vision).
+    processor: Any
+
+    @abstractmethod
+    def encode(self, *, prompt: Prompt, completion: str | None = None) -> dict[str, Any]:
+        """Model inputs for ``prompt`` through the chat template, plus ``completion`` (ending in EOS) when given.
+
+        Returns a dict with ``input_ids`` (list[int]), ``prompt_length`` (int) and, for vision
+        students, the processor's image tensors.
+        """
+
+    @abstractmethod
+    def generate(self, *, prompts: Sequence[Prompt], max_new_tokens: int, batch_size: int) -> list[str]:
+        """Greedy answers, one per prompt."""
+
+    @abstractmethod
+    def score(self, *, prompts: Sequence[Prompt], candidates: Sequence[str], batch_size: int) -> list[list[float]]:
+        """Sum of log-probabilities of each candidate answer given each prompt: ``[n_prompts][n_candidates]``."""
+
+
+class Student(ABC):
+    """A unimodal LLM that MINT aligns."""
+
+    modality: ClassVar[Modality] = "text"
+
+    @abstractmethod
+    def load(self, *, ctx: RunContext, adapter_dir: Path | None = None, trainable: bool = False) -> StudentModel:
+        """Load the base model, attach ``adapter_dir`` if given, or a fresh LoRA adapter when ``trainable``."""
+
+
+class Optimizer(ABC):
+    """Aligns a student on preference examples (ORPO, DPO, KTO) or builds a baseline (SFT, RAG)."""
+
+    #: The preference builder whose examples this optimizer consumes by default.
+    default_builder: ClassVar[str] = "topk"
+
+    @abstractmethod
+    def train(self, *, student: Student, examples: Sequence[PreferenceExample], output_dir: Path,
+              ctx: RunContext) -> TrainResult:
+        """Train and save into ``output_dir``; resume from the last checkpoint found there."""
+
+    def augment_prompts(self, *, prompts: Sequence[Prompt], cases: Sequence[Case], output_dir: Path,
+                        ctx: RunContext) -> list[Prompt]:
+        """Rewrite evaluation prompts (retrieval-augmented baselines); the default leaves them unchanged."""
+        return list(prompts)
+
+
+__all__ = [
+    "ExampleKind", "LabelSpace", "Optimizer", "PreferenceBuilder", "Student", "StudentModel", "Task",
+    "Teacher", "TrainResult",
+]

@@ -1,0 +1,243 @@
+"""Run configuration: defaults < config file < CLI flags < ``section.key=value`` overrides.
+
+A resolved configuration is a plain dict, saved as the run's ``config.yaml``::
+
+    name: demo
+    seed: 0
+    task:      {name: rare-disease, source: hpo-sim, ...every option of the task...}
+    teacher:   {name: gestalt, ...}
+    builder:   {name: topk, ...}
+    optimizer: {name: orpo, ...}
+    student:   {name: llama-text, ...}
+    eval:      {mode: generation, ...}
+
+Component names are picked first, because the options a section accepts depend on the
+component: ``teacher.epochs`` is valid for ``gestalt`` and unknown for ``predictions``.
+A component chosen explicitly may pick defaults for its neighbours (``pairs_with``): choosing
+``--teacher pathclip`` selects the tissue task and the vision student unless those were chosen too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from mint_core.registry import KINDS, MintError, Registry, suggest
+
+SECTIONS = (*KINDS, "eval")
+TOP_LEVEL = ("name", "seed")
+DEFAULT_NAMES = {"task": "rare-disease", "teacher": "gestalt", "builder": None, "optimizer": "orpo",
+                 "student": "llama-text"}
+DEFAULT_BUILDER = "topk"
+
+
+class ConfigError(MintError):
+    pass
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML run config; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Config file {path} does not exist (--config).")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of sections, not {type(data).__name__}.")
+    for key, value in data.items():
+        if key in SECTIONS:
+            if isinstance(value, str):  # `teacher: pathclip` is shorthand for `teacher: {name: pathclip}`
+                data[key] = {"name": value}
+            elif value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{path}: section {key!r} must be a mapping, not {type(value).__name__}.")
+        elif key not in TOP_LEVEL:
+            raise ConfigError(_unknown_key_message(f"{path}: unknown top-level key {key!r}.", key,
+                                                   [*SECTIONS, *TOP_LEVEL]))
+    return data
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["task.source=phenopackets", "seed=3"]`` -> nested dict, values parsed as YAML scalars."""
+    result: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} is not of the form section.key=value (e.g. teacher.epochs=5).")
+        dotted, raw = item.split("=", 1)
+        value = _parse_scalar(raw)
+        parts = dotted.strip().split(".")
+        if len(parts) == 1:
+            if parts[0] not in TOP_LEVEL and parts[0] not in SECTIONS:
+                raise ConfigError(_unknown_key_message(f"Override {item!r}: unknown key {parts[0]!r}.", parts[0],
+                                                       [*TOP_LEVEL, *SECTIONS]))
+            if parts[0] in SECTIONS:  # `teacher=pathclip` picks the component
+                result.setdefault(parts[0], {})["name"] = value
+            else:
+                result[parts[0]] = value
+        elif len(parts) == 2:
+            section, key = parts
+            if section not in SECTIONS:
+                raise ConfigError(_unknown_key_message(f"Override {item!r}: unknown section {section!r}.", section,
+                                                       SECTIONS))
+            result.setdefault(section, {})[key] = value
+        else:
+            raise ConfigError(f"Override {item!r}: use section.key=value with one dot.")
+    return result
+
+
+def _parse_scalar(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _unknown_key_message(head: str, key: str, options: Sequence[str]) -> str:
+    guess = suggest(key, options)
+    hint = f" Did you mean {guess!r}?" if guess else ""
+    return f"{head}{hint} Valid keys: {', '.join(options)}."
+
+
+def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            elif isinstance(value, Mapping):
+                merged[key] = dict(value)
+            else:
+                merged[key] = value
+    return merged
+
+
+def resolve(registry: Registry, *, file: Mapping[str, Any] | None = None, flags: Mapping[str, Any] | None = None,
+            overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve a full run configuration; raises :class:`ConfigError` / ``UnknownComponentError``."""
+    layers = [file or {}, {k: ({"name": v} if k in SECTIONS else v) for k, v in (flags or {}).items() if v is not None},
+              overrides or {}]
+    explicit = _merge(*layers)
+
+    names = _pick_names(registry, explicit)
+    resolved: dict[str, Any] = {"name": str(explicit.get("name") or "default"), "seed": int(explicit.get("seed", 0))}
+    for kind in KINDS:
+        spec = registry.get(kind, names[kind])
+        options = {k: v for k, v in (explicit.get(kind) or {}).items() if k != "name"}
+        resolved[kind] = {"name": spec.name, **config_to_dict(build_config(spec.config, options, section=kind,
+                                                                           component=spec.name))}
+    from mint_core.evaluation import EvalConfig  # the core's own eval section
+
+    resolved["eval"] = config_to_dict(build_config(EvalConfig, explicit.get("eval") or {}, section="eval",
+                                                   component=None))
+    return resolved
+
+
+def _pick_names(registry: Registry, explicit: Mapping[str, Any]) -> dict[str, str]:
+    names: dict[str, str | None] = {kind: (explicit.get(kind) or {}).get("name") for kind in KINDS}
+    chosen = {kind for kind, name in names.items() if name}
+    # Pairing: explicitly chosen components fill the sections nobody chose, in a fixed order so
+    # the result never depends on dict ordering. The teacher speaks first: it defines the task.
+    for kind in ("teacher", "task", "optimizer", "student", "builder"):
+        if kind not in chosen:
+            continue
+        for other, name in registry.get(kind, names[kind]).pairs_with.items():
+            if other in KINDS and not names.get(other):
+                names[other] = name
+    for kind, default in DEFAULT_NAMES.items():
+        if not names[kind]:
+            names[kind] = default
+    if not names["builder"]:
+        optimizer = registry.get("optimizer", names["optimizer"])
+        names["builder"] = optimizer.pairs_with.get("builder", DEFAULT_BUILDER)
+    return names  # type: ignore[return-value]
+
+
+def build_config(cls: type | None, options: Mapping[str, Any], *, section: str, component: str | None) -> Any:
+    """An instance of a component's config dataclass from ``options``, each value checked and coerced."""
+    if cls is None:
+        if options:
+            raise ConfigError(f"[{section}] {component!r} takes no options, got: {', '.join(options)}.")
+        return None
+    valid = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in options.items():
+        if key not in valid:
+            owner = f"{section} {component!r}" if component else section
+            raise ConfigError(_unknown_key_message(f"Unknown key {section}.{key} for {owner}.", key, sorted(valid)))
+        values[key] = _coerce(value, valid[key].type, where=f"{section}.{key}", cls=cls)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{section}] invalid options for {component or section}: {exc}") from exc
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config) if config is not None else {}
+
+
+def _coerce(value: Any, annotation: Any, *, where: str, cls: type) -> Any:
+    """Check ``value`` against a field annotation (string annotations resolved), converting safely."""
+    if isinstance(annotation, str):
+        try:
+            annotation = typing.get_type_hints(cls).get(where.split(".", 1)[1], annotation)
+        except Exception:  # noqa: BLE001 - an unresolvable annotation is simply not checked
+            return value
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any or annotation is None:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where=where, cls=cls)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}={value!r} is not one of: {', '.join(map(str, args))}.")
+    if origin in (list, tuple, Sequence) or annotation in (list, tuple):
+        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
+        return type(annotation)(items) if annotation in (list, tuple) else (tuple(items) if origin is tuple else list(items))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in {"true", "1", "yes", "on"}:
+            return True
+        if str(value).lower() in {"false", "0", "no", "off"}:
+            return False
+        raise ConfigError(f"{where}={value!r} is not a boolean (true/false).")
+    if annotation is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or str(value).lstrip("-").isdigit()):
+            raise ConfigError(f"{where}={value!r} is not an integer.")
+        return int(value)
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}={value!r} is not a number.") from None
+    if annotation is str:
+        return "" if value is None else str(value)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping.")
+        return value
+    return value
+
+
+def instantiate(registry: Registry, resolved: Mapping[str, Any], kind: str) -> Any:
+    """Create the component of section ``kind`` from a resolved config."""
+    section = dict(resolved[kind])
+    name = section.pop("name")
+    spec = registry.get(kind, name)  # type: ignore[arg-type]
+    return spec.create(build_config(spec.config, section, section=kind, component=name))
