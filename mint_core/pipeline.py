@@ -350,17 +350,16 @@ def check_rankings(rankings: Sequence[Ranking], data: TaskData) -> None:
 
 
 def summarize_examples(examples: Sequence[PreferenceExample]) -> dict[str, Any]:
-    kinds: dict[str, int] = {}
-    for example in examples:
-        kinds[example.kind] = kinds.get(example.kind, 0) + 1
-    summary: dict[str, Any] = {"examples": len(examples), "cases": len({e.case_id for e in examples}), **kinds}
+    """Counts for the log and report.md: the built-in builders' summary when installed, else kinds."""
     try:
         from mint_builders.summary import summarize
 
-        summary.update(summarize(examples))
-    except ImportError:  # the built-in builders' richer summary is optional
-        pass
-    return summary
+        return summarize(examples)
+    except ImportError:  # a third-party builder set without the built-ins: plain counts
+        kinds: dict[str, int] = {}
+        for example in examples:
+            kinds[example.kind] = kinds.get(example.kind, 0) + 1
+        return {"n_examples": len(examples), "n_cases": len({e.case_id for e in examples}), "by_kind": kinds}
 
 
 def environment(registry: Registry) -> dict[str, Any]:
@@ -393,12 +392,18 @@ def roles_in_order(all_metrics: dict[str, Any]) -> list[str]:
     return [r for r in order if r in all_metrics] + sorted(r for r in all_metrics if r not in order)
 
 
+SHORT_NAMES = {"well_formed": "formed", "hallucination_rate": "halluc.", "teacher_top1_agreement": "T-agree",
+               "teacher_topk_coverage": "T-top-k", "teacher_bottomq_avoidance": "T-avoid"}
+
+
 def metrics_table(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results") -> Table:
+    """The closing summary: one row per role (teacher, base, each aligned student)."""
     columns = metric_columns(all_metrics)
-    table = Table(title=title)
-    table.add_column("role", style="bold")
+    table = Table(title=title, caption="formed: well-formed answers; halluc.: listed names matching no label; "
+                                       "T-: agreement with the teacher (top-1, top-k coverage, bottom-q avoidance)")
+    table.add_column("role", style="bold", no_wrap=True)
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(SHORT_NAMES.get(column, column), justify="right", no_wrap=True)
     for role in roles_in_order(all_metrics):
         values = all_metrics[role]
         table.add_row(role, *(f"{values[c]:.3f}" if isinstance(values.get(c), (int, float)) else "—" for c in columns))

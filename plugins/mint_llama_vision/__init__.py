@@ -1,0 +1,55 @@
+"""MINT vision student: Llama 3.2 Vision (Mllama) with LoRA, for tasks whose student sees an image.
+
+Registers the student ``llama-vision``. ``student.model`` is a hub id (the paper's setting is
+``meta-llama/Llama-3.2-11B-Vision-Instruct``, on a GPU, optionally ``load_in_4bit``) or a local
+folder of any ``MllamaForConditionalGeneration`` checkpoint (safetensors, no remote code). The
+default, ``tiny``, is a small random Mllama built offline once and cached; see
+:mod:`mint_llama_vision.tiny` for how it is built and what it can and cannot learn.
+
+LoRA adapts the language model's linear layers (self- and cross-attention, MLP) and the
+multimodal projector; the vision tower stays frozen. Heavy imports live in
+:mod:`mint_llama_vision.student`, loaded only when a run uses the student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mint_core.hookspecs import hookimpl
+
+TINY = "tiny"
+PAPER_MODEL = "meta-llama/Llama-3.2-11B-Vision-Instruct"
+
+
+@dataclass
+class LlamaVisionConfig:
+    model: str = field(default=TINY, metadata={
+        "help": f"'{TINY}' (a small random Mllama built offline and cached under $MINT_CACHE), a hub id "
+                f"({PAPER_MODEL}, the paper's, needs network + GPU) or a local Mllama folder."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch while training."})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "Language-model modules LoRA adapts: 'all-linear' (q,k,v,o,gate,up,down of self- and "
+                "cross-attention layers) or a comma-separated list (q_proj,v_proj). Never the vision tower."})
+    lora_projector: bool = field(default=True, metadata={
+        "help": "Also put LoRA on the multimodal projector (vision features -> text hidden size)."})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the language model in 4-bit NF4 (needs CUDA and bitsandbytes)."})
+    dtype: str = field(default="auto", metadata={
+        "help": "Weights dtype: auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16, float16."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:1."})
+
+
+@hookimpl
+def mint_register_students(register):
+    register("llama-vision", _make_student, config=LlamaVisionConfig,
+             description="Llama 3.2 Vision (Mllama) image+text student, LoRA on the LM and projector "
+                         "(default: tiny offline Mllama)",
+             pairs_with={"task": "tissue"})
+
+
+def _make_student(config: LlamaVisionConfig | None):
+    from mint_llama_vision.student import LlamaVisionStudent
+
+    return LlamaVisionStudent(config or LlamaVisionConfig())

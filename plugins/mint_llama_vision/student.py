@@ -1,0 +1,420 @@
+"""The ``llama-vision`` student: loading, LoRA, encoding, batched generation and scoring for Mllama.
+
+Inputs follow ``MllamaProcessor``'s layout, built per example by :meth:`LlamaVisionModel.encode` and
+batched by :func:`collate`. The prompt text goes through the checkpoint's chat template with the
+image as ``{"type": "image"}`` content (one ``<|image|>`` token); the tokenizer and the image
+processor are called separately so the ``cross_attention_mask`` can be built over the whole
+prompt+completion sequence: every token from ``<|image|>`` on attends to the image, completion
+tokens included (masking the completion off the image is the classic pitfall of feeding Mllama
+to a trainer that re-pads only ``input_ids``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+
+from mint_core.components import Student, StudentModel
+from mint_core.registry import MintError
+from mint_core.types import Prompt
+from mint_llama.student import pick_device, pick_dtype  # shared with the text student
+from mint_llama_vision import TINY, LlamaVisionConfig
+
+if TYPE_CHECKING:
+    from mint_core.context import RunContext
+
+#: Per-example keys holding image tensors (no batch dimension; ``collate`` stacks them).
+IMAGE_KEYS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
+_LM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def resolve_device(name: str) -> torch.device:
+    device = pick_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MintError(f"student.device={name} but CUDA is not available; use student.device=cpu (or auto)")
+    return device
+
+
+def lora_target_regex(target_modules: str, *, projector: bool) -> str:
+    """A peft ``target_modules`` regex (full match on module names) limited to the language model.
+
+    Names like ``q_proj`` also exist in the vision tower, so plain names would adapt it too; the
+    regex anchors them under ``language_model``. ``all-linear`` means every projection of the
+    self- and cross-attention layers and the MLPs (the LM head is left out, as peft does).
+    """
+    spec = target_modules.strip()
+    names = _LM_LINEAR if spec in ("all-linear", "") else tuple(n.strip() for n in spec.split(",") if n.strip())
+    bad = [n for n in names if not n.replace("_", "").isalnum()]
+    if bad:
+        raise MintError(f"student.lora_target_modules: {bad} are not module names; use all-linear or q_proj,v_proj")
+    pattern = rf"(.*\.)?language_model\..*\.({'|'.join(names)})"
+    if projector:
+        pattern += r"|(.*\.)?multi_modal_projector"
+    return pattern
+
+
+def lora_config(config: LlamaVisionConfig):
+    """The peft ``LoraConfig`` from the student config (TRL trainers take it as ``peft_config``)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
+                      target_modules=lora_target_regex(config.lora_target_modules, projector=config.lora_projector),
+                      task_type="CAUSAL_LM")
+
+
+class LlamaVisionStudent(Student):
+    modality = "image"
+
+    def __init__(self, config: LlamaVisionConfig):
+        self.config = config
+
+    def model_path(self) -> str:
+        """The folder or hub id to load: the cached tiny model is built on first use."""
+        if self.config.model == TINY:
+            from mint_llama_vision.tiny import ensure_tiny_mllama
+
+            return str(ensure_tiny_mllama())
+        return self.config.model
+
+    def load(self, *, ctx: RunContext, adapter_dir: Path | None = None, trainable: bool = False) -> LlamaVisionModel:
+        from transformers import AutoProcessor, MllamaForConditionalGeneration
+
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        dtype = pick_dtype(cfg.dtype, device)
+        path = self.model_path()
+        kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
+        if cfg.load_in_4bit:
+            kwargs.update(_four_bit_kwargs(device, dtype))
+        try:
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+            model = MllamaForConditionalGeneration.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            raise MintError(f"student.model={cfg.model!r}: cannot load an Mllama checkpoint from {path!r} ({exc}). "
+                            "Give a local folder or a hub id reachable from here (hub ids need network and, "
+                            f"for gated models, a token), or student.model={TINY} for the offline default.") from exc
+        if not cfg.load_in_4bit:
+            model.to(device)
+        model = self._attach_adapter(model, ctx=ctx, adapter_dir=adapter_dir, trainable=trainable)
+        model.train(trainable)
+        return LlamaVisionModel(model=model, processor=processor, ctx=ctx, device=device, config=cfg)
+
+    def _attach_adapter(self, model: Any, *, ctx: RunContext, adapter_dir: Path | None, trainable: bool) -> Any:
+        from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+        cfg = self.config
+        if cfg.load_in_4bit and trainable:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if adapter_dir is not None:
+            adapter_dir = Path(adapter_dir)
+            if not (adapter_dir / "adapter_model.safetensors").is_file():
+                raise MintError(f"No adapter_model.safetensors in {adapter_dir}: MINT only loads safetensors "
+                                "adapters (students/<optimizer>/adapter). Re-save with safe_serialization=True.")
+            if ctx is not None:
+                ctx.log(f"Student adapter: {adapter_dir}{' (training continues)' if trainable else ''}")
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+        if not trainable:
+            return model
+        lora = lora_config(cfg)
+        if ctx is not None:
+            torch.manual_seed(ctx.seed)  # LoRA A matrices start random: same seed, same start
+        model = get_peft_model(model, lora)
+        # peft freezes everything but the LoRA weights; make the frozen vision tower explicit anyway,
+        # so a later modules_to_save or unfreeze never trains it by accident.
+        for name, param in model.named_parameters():
+            if ".vision_model." in name:
+                param.requires_grad_(False)
+        return model
+
+
+def _four_bit_kwargs(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    if device.type != "cuda":
+        raise MintError("student.load_in_4bit=true needs a CUDA GPU; set student.load_in_4bit=false on CPU")
+    if dtype == torch.float32:
+        dtype = torch.bfloat16  # 4-bit compute in fp32 is slow for nothing
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise MintError("student.load_in_4bit=true needs bitsandbytes: pip install bitsandbytes") from exc
+    # The vision tower and projector stay in full precision: quantizing them costs accuracy for little memory.
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                               bnb_4bit_use_double_quant=True,
+                               llm_int8_skip_modules=["vision_model", "multi_modal_projector", "lm_head"])
+    return {"quantization_config": quant, "device_map": {"": device.index or 0}}
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    size = max(1, int(size))
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _drop_last_token(feature: dict[str, Any]) -> dict[str, Any]:
+    out = dict(feature, input_ids=feature["input_ids"][:-1])
+    if "cross_attention_mask" in feature:
+        out["cross_attention_mask"] = feature["cross_attention_mask"][:-1]
+    return out
+
+
+def collate(features: Sequence[dict[str, Any]], *, pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Batch :meth:`LlamaVisionModel.encode` outputs into model inputs (``MllamaProcessor`` layout).
+
+    Pads ``input_ids`` (with ``pad_id``), ``attention_mask`` and ``cross_attention_mask`` (with 0)
+    on ``padding_side`` (``left`` for generation) and stacks the image tensors. Every example
+    must have an image, or none.
+    """
+    has_image = [("pixel_values" in f) for f in features]
+    if any(has_image) and not all(has_image):
+        raise ValueError("collate: a batch mixes prompts with and without an image; give every prompt an image")
+    length = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, list[torch.Tensor]] = {"input_ids": [], "attention_mask": []}
+    if all(has_image):
+        batch.update({"cross_attention_mask": [], **{key: [] for key in IMAGE_KEYS}})
+    for feature in features:
+        ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+        pad = length - len(ids)
+        ones = torch.ones(len(ids), dtype=torch.long)
+        if padding_side == "left":
+            batch["input_ids"].append(torch.cat([ids.new_full((pad,), pad_id), ids]))
+            batch["attention_mask"].append(torch.cat([ones.new_zeros(pad), ones]))
+        else:
+            batch["input_ids"].append(torch.cat([ids, ids.new_full((pad,), pad_id)]))
+            batch["attention_mask"].append(torch.cat([ones, ones.new_zeros(pad)]))
+        if "pixel_values" in feature:
+            mask = torch.as_tensor(feature["cross_attention_mask"], dtype=torch.long)
+            zeros = mask.new_zeros((pad, *mask.shape[1:]))
+            batch["cross_attention_mask"].append(torch.cat([zeros, mask] if padding_side == "left" else [mask, zeros]))
+            for key in IMAGE_KEYS:
+                batch[key].append(torch.as_tensor(feature[key]))
+    return {key: torch.stack(values) for key, values in batch.items()}
+
+
+class LlamaVisionModel(StudentModel):
+    """A loaded Mllama (optionally with a LoRA adapter) and its processor."""
+
+    modality = "image"
+
+    def __init__(self, *, model: Any, processor: Any, ctx: RunContext | None, device: torch.device,
+                 config: LlamaVisionConfig | None = None):
+        self.config = config or LlamaVisionConfig()
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.ctx = ctx
+        self.device = device
+        tok = self.tokenizer
+        vocab = tok.get_vocab()
+        # Instruct checkpoints end a turn with <|eot_id|>; fall back to EOS for base checkpoints.
+        self.end_token = "<|eot_id|>" if "<|eot_id|>" in vocab else tok.eos_token
+        self.end_token_id: int = tok.convert_tokens_to_ids(self.end_token)
+        self.image_token_id: int = processor.image_token_id
+        self.pad_token_id: int = tok.pad_token_id if tok.pad_token_id is not None else self.end_token_id
+        self.max_tiles: int = processor.image_processor.max_image_tiles
+        eos = self._base().generation_config.eos_token_id
+        self.stop_token_ids: list[int] = sorted({self.end_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])})
+        params = inspect.signature(self._base().forward).parameters
+        # transformers >= 5.2x renamed past_key_values -> cache (the old name still works, with a warning).
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # Short aliases, kept because other plugins' code uses them.
+    @property
+    def pad_id(self) -> int:
+        return self.pad_token_id
+
+    @property
+    def end_id(self) -> int:
+        return self.end_token_id
+
+    def _base(self) -> Any:
+        """The underlying transformers model, below any peft wrapper."""
+        model = self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    # ----------------------------------------------------------------------------------------- encode
+    def messages(self, prompt: Prompt) -> list[dict[str, Any]]:
+        """Chat messages for ``prompt``: one user turn, the image first when there is one.
+
+        Llama 3.2 Vision's template refuses a system message next to an image, so ``prompt.system``
+        is always folded into the user turn (text-only prompts too, so both read alike).
+        """
+        text = f"{prompt.system.strip()}\n\n{prompt.text}" if prompt.system else prompt.text
+        if prompt.image is None:
+            return [{"role": "user", "content": text}]
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+    def lora_config(self):
+        """The peft ``LoraConfig`` of this student (language model + projector, never the vision tower)."""
+        return lora_config(self.config)
+
+    def completion_ids(self, completion: str, *, end: bool = True) -> list[int]:
+        """Token ids of an answer, followed by the end-of-turn token when ``end``."""
+        ids = list(self.tokenizer(completion, add_special_tokens=False)["input_ids"])
+        return ids + [self.end_token_id] if end else ids
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The prompt through the chat template, ending with the assistant header."""
+        source = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
+        return source.apply_chat_template(self.messages(prompt), add_generation_prompt=True, tokenize=False)
+
+    def _image_path(self, image: str) -> Path:
+        path = self.ctx.resolve(image) if self.ctx is not None else Path(image)
+        if not path.is_file():
+            raise MintError(f"prompt image {image!r} not found (looked at {path}); images are paths relative to "
+                            "the run directory")
+        return path
+
+    def image_inputs(self, image: str) -> dict[str, torch.Tensor]:
+        """``pixel_values`` (images, tiles, C, H, W), ``aspect_ratio_ids`` (images,), ``aspect_ratio_mask``
+        (images, tiles) for one image, plus the number of tiles actually used."""
+        from PIL import Image
+
+        with Image.open(self._image_path(image)) as handle:
+            rgb = handle.convert("RGB")
+        out = self.processor.image_processor(images=[[rgb]], return_tensors="pt")
+        inputs = {key: out[key][0] for key in IMAGE_KEYS}
+        inputs["num_tiles"] = int(out["num_tiles"][0][0])
+        return inputs
+
+    def encode(self, *, prompt: Prompt, completion: str | None = None) -> dict[str, Any]:
+        """Model inputs for one example; see the module docstring for the layout.
+
+        ``completion`` is followed by the end-of-turn token (``<|eot_id|>``), the token generation
+        stops at. ``cross_attention_mask`` has shape (len(input_ids), images, tiles).
+        """
+        tok = self.tokenizer
+        prompt_ids: list[int] = tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
+        ids = list(prompt_ids)
+        if completion is not None:
+            ids += self.completion_ids(completion)
+        encoded: dict[str, Any] = {"input_ids": ids, "prompt_length": len(prompt_ids)}
+        if prompt.image is not None:
+            image = self.image_inputs(prompt.image)
+            positions = [i for i, token in enumerate(prompt_ids) if token == self.image_token_id]
+            if len(positions) != 1:
+                raise MintError(f"the chat template produced {len(positions)} image tokens for one image; "
+                                f"check the chat template of student.model")
+            mask = torch.zeros((len(ids), 1, self.max_tiles), dtype=torch.long)
+            mask[positions[0]:, 0, :image.pop("num_tiles")] = 1  # through the end of the completion
+            encoded.update(image, cross_attention_mask=mask)
+        return encoded
+
+    def collate(self, features: Sequence[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        return collate(features, pad_id=self.pad_token_id, padding_side=padding_side)
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dtype = next(p.dtype for p in self._base().parameters() if p.is_floating_point())
+        return {key: value.to(self.device, dtype=dtype if key == "pixel_values" else None)
+                for key, value in batch.items()}
+
+    # --------------------------------------------------------------------------------------- generate
+    @torch.no_grad()
+    def generate(self, *, prompts: Sequence[Prompt], max_new_tokens: int, batch_size: int) -> list[str]:
+        """Greedy answers, batched with left padding; decoding stops at the end-of-turn token."""
+        answers: list[str] = []
+        with self._eval_mode():
+            for chunk in _batches(prompts, batch_size):
+                batch = self._to_device(self.collate([self.encode(prompt=p) for p in chunk], padding_side="left"))
+                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                          eos_token_id=self.stop_token_ids, pad_token_id=self.pad_token_id)
+                new = out[:, batch["input_ids"].shape[1]:]
+                answers += [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return answers
+
+    # ------------------------------------------------------------------------------------------ score
+    @torch.no_grad()
+    def score(self, *, prompts: Sequence[Prompt], candidates: Sequence[str], batch_size: int,
+              cached: bool = True, end: bool = False) -> list[list[float]]:
+        """Sum of log-probabilities of each candidate answer text given each prompt: ``[n_prompts][n_candidates]``.
+
+        As for the text student, a candidate is scored as the exact text the model would generate;
+        ``end=True`` adds the end-of-turn token. With ``cached`` (default) the prompt, image
+        included, runs once per case and its KV cache (self-attention keys/values of the prompt,
+        cross-attention keys/values of the image) is shared by the candidates, scored
+        ``batch_size`` at a time; ``cached=False`` is :meth:`score_naive`.
+        """
+        if not cached:
+            return self.score_naive(prompts=prompts, candidates=candidates, batch_size=batch_size, end=end)
+        cand_ids = [self.completion_ids(c, end=end) for c in candidates]
+        if any(not ids for ids in cand_ids):
+            raise ValueError("score: an empty candidate has no tokens to score (pass end=True or non-empty text)")
+        scores = []
+        with self._eval_mode():
+            for prompt in prompts:
+                scores.append(self._score_cached(self.encode(prompt=prompt), cand_ids, batch_size))
+        return scores
+
+    def _score_cached(self, encoded: dict[str, Any], cand_ids: list[list[int]], batch_size: int) -> list[float]:
+        from transformers import DynamicCache
+
+        prompt = self._to_device(self.collate([encoded]))
+        out = self.model(**prompt, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        prompt_len = prompt["input_ids"].shape[1]
+        tile_mask = prompt["cross_attention_mask"][:, -1:] if "cross_attention_mask" in prompt else None
+        result: list[float] = []
+        for chunk in _batches(cand_ids, batch_size):
+            n, length = len(chunk), max(len(c) for c in chunk)
+            ids = torch.full((n, length), self.pad_token_id, dtype=torch.long, device=self.device)
+            valid = torch.zeros((n, length), dtype=torch.long, device=self.device)
+            for row, c in enumerate(chunk):
+                ids[row, :len(c)] = torch.as_tensor(c, device=self.device)
+                valid[row, :len(c)] = 1
+            # A fresh cache per chunk: decoding appends to the self-attention layers in place.
+            chunk_cache = DynamicCache([(k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:])) for k, v in layers])
+            inputs: dict[str, Any] = {
+                "input_ids": ids,
+                "attention_mask": torch.cat([valid.new_ones((n, prompt_len)), valid], dim=1),
+                "position_ids": torch.arange(prompt_len, prompt_len + length, device=self.device).expand(n, -1),
+                self._cache_kw: chunk_cache, "use_cache": True,
+            }
+            if tile_mask is not None:
+                # Candidate tokens come after <|image|>: they attend to the image, like in encode().
+                inputs["cross_attention_mask"] = tile_mask.expand(n, length, *tile_mask.shape[2:])
+            logits = self.model(**inputs).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # position j predicts token j+1
+            for row, c in enumerate(chunk):
+                total = first[c[0]].double()
+                if len(c) > 1:
+                    targets = torch.as_tensor(c[1:], device=self.device)
+                    total = total + logprobs[row, torch.arange(len(c) - 1, device=self.device), targets].double().sum()
+                result.append(float(total))
+        return result
+
+    @torch.no_grad()
+    def score_naive(self, *, prompts: Sequence[Prompt], candidates: Sequence[str], batch_size: int,
+                    end: bool = False) -> list[list[float]]:
+        """Reference for :meth:`score`: every prompt+candidate sequence run in full, no cache."""
+        scores = []
+        with self._eval_mode():
+            for prompt in prompts:
+                features = [self.encode(prompt=prompt, completion=c) for c in candidates]
+                if not end:  # drop the end-of-turn token that encode() appends
+                    features = [_drop_last_token(f) for f in features]
+                row: list[float] = []
+                for chunk in _batches(features, batch_size):
+                    logprobs = torch.log_softmax(self.model(**self._to_device(self.collate(chunk))).logits.float(), -1)
+                    for i, feature in enumerate(chunk):
+                        start, ids = feature["prompt_length"], feature["input_ids"]
+                        targets = torch.as_tensor(ids[start:], device=self.device)
+                        positions = torch.arange(start - 1, len(ids) - 1, device=self.device)
+                        row.append(float(logprobs[i, positions, targets].double().sum()))
+                scores.append(row)
+        return scores
+
+    # ---------------------------------------------------------------------------------------- helpers
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Inference without dropout, then back to the mode the caller (a trainer) had."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)

@@ -1,0 +1,351 @@
+"""Pieces every MINT trainer shares: common options, callbacks, the training curve, checkpoints.
+
+Imported by ``mint_orpo`` and by ``mint_trl`` (DPO, KTO, SFT), so the signatures here are stable:
+
+- :class:`TrainingOptions`: the options common to all optimizers (``optimizer.epochs=2``, ...).
+- :class:`ProgressCallback`: a ``transformers.TrainerCallback`` drawing a rich bar via ``ctx.progress()``.
+- :class:`MetricsLoggerCallback`: appends every ``Trainer.log`` call to ``metrics.jsonl``.
+- :func:`plot_training_curve`: ``metrics.jsonl`` -> ``training_curve.png`` (matplotlib Agg).
+- :func:`find_last_checkpoint`: the newest complete ``checkpoint-N`` folder, for resuming.
+- :func:`atomic_save_adapter`: ``save_pretrained`` into a temporary folder, then rename into place.
+- :func:`training_arguments_kwargs`: the ``TrainingArguments`` keywords these options map to.
+
+This module is light at import time: torch, transformers and matplotlib load inside functions, and
+the callbacks subclass ``TrainerCallback`` lazily through :func:`_trainer_callback_base`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mint_core.context import RunContext
+
+
+@dataclass
+class TrainingOptions:
+    """Options shared by every MINT optimizer (ORPO, DPO, KTO, SFT); subclass it to add your own."""
+
+    epochs: float = field(default=1, metadata={"help": "Passes over the training examples (ignored when max_steps > 0)."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps to run; -1 uses epochs."})
+    learning_rate: float = field(default=2e-4, metadata={
+        "help": "Peak learning rate (AdamW). 2e-4 suits the CPU demo with LoRA r=16; the ORPO paper used 5e-5 "
+                "with r=256."})
+    lr_scheduler: str = field(default="linear", metadata={
+        "help": "transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of the steps spent warming the learning rate up."})
+    batch_size: int = field(default=2, metadata={"help": "Examples (pairs) per device per micro-batch."})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
+    beta: float = field(default=0.1, metadata={
+        "help": "Preference strength: ORPO's λ (weight of the odds-ratio term), DPO/KTO's β."})
+    max_length: int = field(default=1024, metadata={
+        "help": "Longest prompt + answer in tokens; answers are cut to fit."})
+    max_prompt_length: int = field(default=768, metadata={
+        "help": "Longest prompt in tokens; longer prompts lose their beginning (left truncation)."})
+    seed: int | None = field(default=None, metadata={"help": "Training seed; empty uses the run seed."})
+    save_steps: int = field(default=10, metadata={
+        "help": "Checkpoint every N optimizer steps under <output>/checkpoints; a killed run resumes from the last."})
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics (metrics.jsonl) every N steps."})
+    bf16: str = field(default="auto", metadata={
+        "help": "bfloat16 autocast: auto (on a GPU that supports it; never on CPU), true, false. On CPU 'true' "
+                "uses AMX/AVX512-BF16 where present; parity tests stay fp32."})
+    impl: str = field(default="mint", metadata={
+        "help": "mint: MINT's own trainer; trl: the TRL reference trainer (text students only)."})
+    init_adapter: str = field(default="", metadata={
+        "help": "Start from this adapter: a peft adapter folder or a run/student folder holding adapter/."})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute activations in backward: less memory, ~30% slower."})
+
+
+def resolve_seed(options: TrainingOptions, ctx: RunContext) -> int:
+    return int(options.seed) if options.seed is not None else int(ctx.seed)
+
+
+def use_bf16(value: str | bool) -> bool:
+    """``bf16`` option -> whether to train with bf16 autocast (``auto``: a bf16-capable CUDA GPU only)."""
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes", "on"}:
+        return True
+    if text in {"false", "0", "no", "off", ""}:
+        return False
+    if text != "auto":
+        raise ValueError(f"optimizer.bf16={value!r}: use auto, true or false")
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def resolve_init_adapter(value: str) -> Path | None:
+    """``init_adapter`` -> a peft adapter folder (one with adapter_config.json), or ``None`` when empty."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    for candidate in (path, path / "adapter", *sorted(path.glob("students/*/adapter"))):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"optimizer.init_adapter={value!r}: no adapter_config.json in {path} or {path}/adapter; "
+                            "give a peft adapter folder or a folder holding adapter/")
+
+
+def training_arguments_kwargs(options: TrainingOptions, *, output_dir: Path, seed: int) -> dict[str, Any]:
+    """Keywords for ``transformers.TrainingArguments`` (or a TRL config) from the common options."""
+    import torch
+
+    return dict(
+        output_dir=str(output_dir / "checkpoints"),
+        num_train_epochs=float(options.epochs),
+        max_steps=int(options.max_steps),
+        learning_rate=float(options.learning_rate),
+        lr_scheduler_type=options.lr_scheduler,
+        # transformers 5 reads a float in [0, 1) as a share of the steps (warmup_ratio is gone).
+        warmup_steps=_warmup_share(options.warmup_ratio),
+        per_device_train_batch_size=int(options.batch_size),
+        gradient_accumulation_steps=int(options.grad_accum),
+        seed=seed,
+        data_seed=seed,
+        save_strategy="steps",
+        save_steps=int(options.save_steps),
+        save_only_model=False,  # optimizer + scheduler + RNG too, so resuming continues exactly
+        logging_strategy="steps",
+        logging_steps=int(options.logging_steps),
+        bf16=use_bf16(options.bf16),
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=bool(options.gradient_checkpointing),
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+def _warmup_share(value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"optimizer.warmup_ratio={value}: give a share of the steps in [0, 1)")
+    return value
+
+
+# -- checkpoints and adapters --------------------------------------------------------------------
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def find_last_checkpoint(directory: str | Path) -> Path | None:
+    """The ``checkpoint-N`` folder with the largest N that holds a ``trainer_state.json``, or ``None``.
+
+    A checkpoint without ``trainer_state.json`` was cut off while saving and is skipped.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = []
+    for child in directory.iterdir():
+        match = _CHECKPOINT.match(child.name)
+        if match and child.is_dir() and (child / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def atomic_save_adapter(model: Any, directory: str | Path) -> Path:
+    """``model.save_pretrained`` (safetensors) into a temporary sibling folder, then rename it to ``directory``.
+
+    A reader never sees a half-written adapter: either the old folder or the complete new one.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+# -- callbacks -----------------------------------------------------------------------------------
+def _trainer_callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+def _numeric(logs: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in logs.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+class _LazyCallbackMeta(type):
+    """Makes ``ProgressCallback(...)`` return a real ``TrainerCallback`` subclass built on first use."""
+
+    _built: dict[str, type] = {}
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        name = cls.__name__
+        if name not in _LazyCallbackMeta._built:
+            base = _trainer_callback_base()
+            _LazyCallbackMeta._built[name] = type(name, (cls._Impl, base), {"__module__": cls.__module__})
+        return _LazyCallbackMeta._built[name](*args, **kwargs)
+
+
+class _ProgressImpl:
+    def __init__(self, ctx: RunContext, description: str = "train") -> None:
+        self.ctx = ctx
+        self.description = description
+        self._stack: ExitStack | None = None
+        self._progress = None
+        self._task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.close()
+        self._stack = ExitStack()
+        self._progress = self._stack.enter_context(self.ctx.progress())
+        self._task = self._progress.add_task(self.description, total=state.max_steps or None,
+                                             completed=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.update(self._task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._progress is not None and logs:
+            shown = [f"{k}={logs[k]:.4g}" for k in ("loss", "nll", "rewards/accuracies")
+                     if isinstance(logs.get(k), (int, float))]
+            self._progress.update(self._task, status=" ".join(shown))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the bar; also call this when training raised (on_train_end never runs then)."""
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = self._progress = self._task = None
+
+
+class ProgressCallback(metaclass=_LazyCallbackMeta):
+    """``ProgressCallback(ctx)``: a rich progress bar (``ctx.progress()``) over optimizer steps, with the loss."""
+
+    _Impl = _ProgressImpl
+
+
+class _MetricsLoggerImpl:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Resuming from checkpoint-N: rows logged after step N by the killed run will be logged
+        # again, so drop them now to keep one row per step.
+        if self.path.exists():
+            rows = read_metrics(self.path)
+            kept = [row for row in rows if row.get("step", 0) <= state.global_step]
+            if len(kept) != len(rows):
+                from mint_core.io import write_jsonl
+
+                write_jsonl(self.path, kept)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        row = {"step": int(state.global_step), "epoch": float(state.epoch or 0.0)}
+        row.update(_numeric({k: v for k, v in logs.items() if k not in {"step", "epoch"}}))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+
+
+class MetricsLoggerCallback(metaclass=_LazyCallbackMeta):
+    """``MetricsLoggerCallback(path)``: one JSON line per ``Trainer.log`` call (step, epoch, every number logged)."""
+
+    _Impl = _MetricsLoggerImpl
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``; a line cut off by a kill (the last one) is skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+# Curves drawn when present, in this order (ORPO names first, then TRL's).
+_CURVE_KEYS = ("loss", "nll", "nll_loss", "or_loss", "log_odds_ratio", "logps/chosen", "logps/rejected",
+               "rewards/accuracies", "rewards/margins", "kl", "learning_rate")
+
+
+def plot_training_curve(metrics_jsonl: str | Path, png: str | Path, *, title: str = "training") -> Path | None:
+    """Plot the training rows of ``metrics_jsonl`` (one panel per metric) to ``png``; ``None`` if nothing to plot."""
+    metrics_jsonl, png = Path(metrics_jsonl), Path(png)
+    if not metrics_jsonl.exists():
+        return None
+    rows = [row for row in read_metrics(metrics_jsonl) if "train_runtime" not in row]
+    keys = [key for key in _CURVE_KEYS if any(key in row for row in rows)]
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        points = [(row["step"], row[key]) for row in rows if key in row]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if len(points) < 30 else None, ms=3)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    from mint_core.io import atomic_path
+
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return png
+
+
+def remove_printer_callbacks(trainer: Any) -> None:
+    """Drop transformers' own stdout/tqdm printers: the rich bar and metrics.jsonl replace them."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+
+    for cb in (PrinterCallback, HFProgress):
+        trainer.remove_callback(cb)
+
+
+__all__ = [
+    "MetricsLoggerCallback", "ProgressCallback", "TrainingOptions", "atomic_save_adapter", "find_last_checkpoint",
+    "plot_training_curve", "read_metrics", "remove_printer_callbacks", "resolve_init_adapter", "resolve_seed",
+    "training_arguments_kwargs", "use_bf16",
+]

@@ -1,0 +1,43 @@
+"""The ORPO loss, with TRL's ``ORPOTrainer`` definitions (trl 1.16, ``trl.experimental.orpo``).
+
+- ``chosen_logps`` / ``rejected_logps``: mean per-token log-probability of each answer (the prompt
+  excluded), TRL's ``get_batch_logps(average_log_prob=True)``.
+- log-odds: ``log p - log(1 - p)`` with ``log(1 - exp(x))`` computed stably (:func:`log1mexp`).
+- ``nll``: cross-entropy averaged over every token of the chosen sequences in the batch (prompt
+  included by default, as TRL does; see ``nll_on_prompt``).
+- ``loss = nll - mean(λ · log σ(log_odds_chosen - log_odds_rejected))``, no reference model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, branching at ``-ln 2`` to avoid cancellation (as TRL)."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, nll: torch.Tensor,
+              beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The ORPO loss of a batch and its (detached) metrics.
+
+    Metric names: ``nll``, ``or_loss`` (the odds-ratio term as added to the loss), ``log_odds_ratio``
+    (mean log σ), ``log_odds_chosen`` (mean log-odds difference), ``logps/chosen``, ``logps/rejected``,
+    ``rewards/chosen|rejected|margins|accuracies`` (λ · mean log-prob, TRL's rewards).
+    """
+    chosen_logps, rejected_logps = chosen_logps.float(), rejected_logps.float()
+    log_odds = (chosen_logps - rejected_logps) - (log1mexp(chosen_logps) - log1mexp(rejected_logps))
+    ratio = F.logsigmoid(log_odds)
+    or_loss = -(beta * ratio).mean()
+    loss = nll + or_loss
+    chosen_rewards, rejected_rewards = beta * chosen_logps.detach(), beta * rejected_logps.detach()
+    metrics = {
+        "nll": nll.detach(), "or_loss": or_loss.detach(), "log_odds_ratio": ratio.detach().mean(),
+        "log_odds_chosen": log_odds.detach().mean(), "logps/chosen": chosen_logps.detach().mean(),
+        "logps/rejected": rejected_logps.detach().mean(), "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(), "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+    }
+    return loss, metrics

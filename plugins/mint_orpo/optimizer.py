@@ -1,0 +1,163 @@
+"""The ``orpo`` optimizer component: encode pairs, train (MINT's trainer or TRL's), save, plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from mint_core.components import Optimizer, Student, StudentModel, TrainResult
+from mint_core.io import write_json
+from mint_core.registry import MintError
+from mint_core.types import PreferenceExample
+from mint_orpo import OrpoConfig
+from mint_orpo.common import (
+    MetricsLoggerCallback, _ProgressImpl, ProgressCallback, atomic_save_adapter, find_last_checkpoint, plot_training_curve,
+    read_metrics, remove_printer_callbacks, resolve_init_adapter, resolve_seed, training_arguments_kwargs,
+)
+
+if TYPE_CHECKING:
+    from mint_core.context import RunContext
+
+
+def encode_pair(sm: StudentModel, example: PreferenceExample, *, max_length: int,
+                max_prompt_length: int) -> dict[str, Any] | None:
+    """One pair feature (see :mod:`mint_orpo.packing`), truncated; ``None`` when no answer token fits.
+
+    Prompts longer than ``max_prompt_length`` lose their beginning (text students); answers are cut
+    so that prompt + answer fits ``max_length``.
+    """
+    if example.chosen is None or example.rejected is None:
+        raise MintError(f"preference example {example.case_id!r} is not a pair (kind={example.kind!r}); "
+                        "ORPO needs chosen and rejected answers (builder=topk)")
+    enc_c = sm.encode(prompt=example.prompt, completion=example.chosen)
+    enc_r = sm.encode(prompt=example.prompt, completion=example.rejected)
+    p_c, p_r = int(enc_c["prompt_length"]), int(enc_r["prompt_length"])
+    prompt = list(enc_c["input_ids"][:p_c])
+    if prompt != list(enc_r["input_ids"][:p_r]):
+        raise MintError(f"case {example.case_id}: the student encodes the prompt differently before the chosen and "
+                        "the rejected answer; ORPO needs one shared prompt encoding")
+    chosen, rejected = list(enc_c["input_ids"][p_c:]), list(enc_r["input_ids"][p_r:])
+    extras = {k: v for k, v in enc_c.items() if k not in {"input_ids", "prompt_length", "attention_mask"}}
+    if len(prompt) > max_prompt_length and not extras:  # an image prompt keeps its image tokens
+        prompt = prompt[-max_prompt_length:]
+    room = max_length - len(prompt)
+    chosen, rejected = chosen[:max(room, 0)], rejected[:max(room, 0)]
+    if not chosen or not rejected:
+        return None
+    if "cross_attention_mask" in extras:  # keep the prompt rows; answers extend it (see packing._stack_extras)
+        import torch
+
+        extras["cross_attention_mask"] = torch.as_tensor(extras["cross_attention_mask"])[:p_c]
+    return {"case_id": example.case_id, "prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected,
+            "extras": extras}
+
+
+def encode_pairs(sm: StudentModel, examples: Sequence[PreferenceExample], *, max_length: int,
+                 max_prompt_length: int, ctx: RunContext | None = None) -> list[dict[str, Any]]:
+    features = []
+    for example in examples:
+        feature = encode_pair(sm, example, max_length=max_length, max_prompt_length=max_prompt_length)
+        if feature is not None:
+            features.append(feature)
+    dropped = len(examples) - len(features)
+    if dropped and ctx is not None:
+        ctx.log(f"ORPO: {dropped} pair(s) dropped: the prompt fills max_length (raise optimizer.max_length)")
+    if not features:
+        raise MintError("ORPO has no training pairs (empty preferences, or every prompt exceeds max_length)")
+    return features
+
+
+class OrpoOptimizer(Optimizer):
+    default_builder = "topk"
+
+    def __init__(self, config: OrpoConfig):
+        self.config = config
+
+    def train(self, *, student: Student, examples: Sequence[PreferenceExample], output_dir: Path,
+              ctx: RunContext, callbacks: Sequence[Any] = ()) -> TrainResult:
+        """Train ORPO into ``output_dir`` (``adapter/``, ``checkpoints/``, ``metrics.jsonl``, ``training_curve.png``).
+
+        Resumes from the newest ``checkpoints/checkpoint-N`` when there is one. ``callbacks`` are
+        extra ``TrainerCallback`` objects (tests use one to simulate a kill).
+        """
+        cfg = self.config
+        if cfg.impl not in {"mint", "trl"}:
+            raise MintError(f"optimizer.impl={cfg.impl!r}: use mint or trl")
+        if cfg.impl == "trl" and not cfg.nll_on_prompt:
+            raise MintError("optimizer.nll_on_prompt=false needs optimizer.impl=mint (TRL's NLL always covers the "
+                            "prompt)")
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        sm = student.load(ctx=ctx, adapter_dir=resolve_init_adapter(cfg.init_adapter), trainable=True)
+        features = encode_pairs(sm, examples, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                                ctx=ctx)
+        trainer = build_trainer(cfg, sm, features, output_dir=output_dir, ctx=ctx, callbacks=callbacks)
+        resume = find_last_checkpoint(output_dir / "checkpoints")
+        if resume is not None:
+            ctx.log(f"ORPO: resuming from {resume}")
+        progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _ProgressImpl))
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            progress.close()
+        adapter_dir = atomic_save_adapter(trainer.model, output_dir / "adapter")
+        plot_training_curve(output_dir / "metrics.jsonl", output_dir / "training_curve.png",
+                            title=f"ORPO ({cfg.impl}) λ={cfg.beta}")
+        metrics = summarize(result.metrics, output_dir / "metrics.jsonl", global_step=trainer.state.global_step)
+        metrics["pairs"] = float(len(features))
+        write_json(output_dir / "train_summary.json", metrics)
+        return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, metrics=metrics)
+
+
+def summarize(train_metrics: dict[str, Any], metrics_jsonl: Path, *, global_step: int) -> dict[str, float]:
+    """Final figures: the Trainer's summary plus the last logged loss, NLL and reward accuracy."""
+    out = {k: float(v) for k, v in train_metrics.items() if isinstance(v, (int, float))}
+    out["global_step"] = float(global_step)
+    rows = [r for r in read_metrics(metrics_jsonl) if "loss" in r] if metrics_jsonl.exists() else []
+    if rows:
+        last = rows[-1]
+        for key in ("loss", "nll", "nll_loss", "or_loss", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+            if key in last:
+                out[f"final_{key.replace('/', '_')}"] = float(last[key])
+    return out
+
+
+def build_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[str, Any]], *, output_dir: Path,
+                  ctx: RunContext, callbacks: Sequence[Any] = ()) -> Any:
+    """The configured trainer (MINT's :class:`OrpoTrainer` or TRL's), callbacks attached, not yet run."""
+    seed = resolve_seed(cfg, ctx)
+    common = training_arguments_kwargs(cfg, output_dir=output_dir, seed=seed)
+    cbs = [ProgressCallback(ctx, description=f"ORPO ({cfg.impl})"), MetricsLoggerCallback(output_dir / "metrics.jsonl"),
+           *callbacks]
+    if cfg.impl == "trl":
+        from mint_orpo.trl_impl import build_trl_trainer
+
+        trainer = build_trl_trainer(cfg, sm, features, args_kwargs=common, callbacks=cbs)
+    else:
+        trainer = build_mint_trainer(cfg, sm, features, args_kwargs=common, callbacks=cbs, ctx=ctx)
+    remove_printer_callbacks(trainer)
+    return trainer
+
+
+def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[str, Any]], *,
+                       args_kwargs: dict[str, Any], callbacks: Sequence[Any], ctx: RunContext | None = None) -> Any:
+    from transformers import TrainingArguments
+
+    from mint_orpo.trainer import OrpoTrainer, PairCollator, choose_packing
+
+    model = sm.model
+    if cfg.disable_dropout:
+        from trl.trainer.utils import disable_dropout_in_model
+
+        disable_dropout_in_model(model)
+    packed, mask_kind, reason = choose_packing(model, cfg.packing, features)
+    if ctx is not None:
+        ctx.log(f"ORPO: {'packed' if packed else 'two-sequence'} batches ({reason}), {len(features)} pairs")
+    pad_id = getattr(sm, "pad_token_id", None)
+    if pad_id is None:
+        tok = getattr(sm.processor, "tokenizer", sm.processor)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    args = TrainingArguments(**args_kwargs)
+    return OrpoTrainer(model=model, args=args, train_dataset=features,
+                       data_collator=PairCollator(pad_id=int(pad_id), packed=packed, nll_on_prompt=cfg.nll_on_prompt),
+                       callbacks=list(callbacks), beta=cfg.beta, mask_kind=mask_kind)

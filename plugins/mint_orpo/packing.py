@@ -1,0 +1,261 @@
+"""Batching preference pairs: the shared-prompt packed layout and the standard two-sequence layout.
+
+A *pair feature* is a dict ``{"prompt_ids": [...], "chosen_ids": [...], "rejected_ids": [...],
+"extras": {...}}``: token ids of the prompt (chat template applied) and of each answer (ending in
+EOS), plus the student's extra model inputs (a vision student's ``pixel_values`` ...).
+
+Packed layout (one row per pair, the prompt run once)::
+
+    row i:  [pad .. pad | prompt_i ][ chosen_i  pad .. ][ rejected_i  pad .. ]
+            0           Pmax-P_i   Pmax               Pmax+Cmax            Pmax+Cmax+Rmax
+
+Prompts are left-padded and answers right-padded inside their blocks, so every row's answer block
+starts at the same column. That makes the columns whose logits are needed the same for every row,
+so a single index tensor passed as ``logits_to_keep`` selects them and the vocabulary projection
+(``lm_head``) runs only there, through the model's own ``forward`` (accelerate, DeepSpeed and FSDP
+wrappers see a normal call). Position ids restart after the prompt: chosen and rejected both count
+from ``P_i``. The 4D attention mask (built on device from ``segment_ids``, see
+:func:`build_pair_mask`) lets the prompt attend causally to itself, the chosen answer to the prompt
+and itself, the rejected answer to the prompt and itself, never to the chosen answer. Padding is
+per batch and minimal (the longest prompt, chosen and rejected answer of the batch).
+
+Both layouts emit the same gather description: for every scored token, which row and kept column
+predicts it (``g_row``, ``g_col``), the token (``g_tok``), its pair (``g_pair``) and its kind
+(``g_kind``: 0 prompt token in the NLL, 1 chosen answer token, 2 rejected answer token). The
+statistics are then computed identically (:func:`pair_statistics`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+KIND_PROMPT, KIND_CHOSEN, KIND_REJECTED = 0, 1, 2
+SEG_PAD, SEG_PROMPT, SEG_CHOSEN, SEG_REJECTED = -1, 0, 1, 2
+
+# Extras whose second dimension runs along the token sequence (padded with zeros, not stacked as is).
+SEQUENCE_EXTRAS = {"cross_attention_mask"}
+
+
+def _gather_fields(rows: list[int], cols: list[int], toks: list[int], pairs: list[int],
+                   kinds: list[int]) -> dict[str, torch.Tensor]:
+    return {"g_row": torch.tensor(rows, dtype=torch.long), "g_col": torch.tensor(cols, dtype=torch.long),
+            "g_tok": torch.tensor(toks, dtype=torch.long), "g_pair": torch.tensor(pairs, dtype=torch.long),
+            "g_kind": torch.tensor(kinds, dtype=torch.long)}
+
+
+def _counts(features: Sequence[dict[str, Any]], nll_on_prompt: bool) -> dict[str, torch.Tensor]:
+    chosen = [len(f["chosen_ids"]) for f in features]
+    rejected = [len(f["rejected_ids"]) for f in features]
+    # TRL's NLL is a token mean over the whole chosen sequence minus its first token.
+    nll = sum(c + (len(f["prompt_ids"]) - 1 if nll_on_prompt else 0) for f, c in zip(features, chosen))
+    return {"n_chosen": torch.tensor(chosen, dtype=torch.float32),
+            "n_rejected": torch.tensor(rejected, dtype=torch.float32),
+            "n_nll": torch.tensor(float(nll), dtype=torch.float32)}
+
+
+def collate_packed(features: Sequence[dict[str, Any]], *, pad_id: int, nll_on_prompt: bool = True) -> dict[str, Any]:
+    """The packed layout (see module docstring) for text-only pairs."""
+    if any(f.get("extras") for f in features):
+        raise ValueError("the packed layout takes text-only pairs; use collate_two_sequence for image inputs")
+    p_max = max(len(f["prompt_ids"]) for f in features)
+    c_max = max(len(f["chosen_ids"]) for f in features)
+    r_max = max(len(f["rejected_ids"]) for f in features)
+    length = p_max + c_max + r_max
+    batch = len(features)
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    segment = torch.full((batch, length), SEG_PAD, dtype=torch.int8)
+    positions = torch.zeros((batch, length), dtype=torch.long)
+
+    # Columns whose hidden state gets a vocabulary projection, shared by all rows.
+    first_prompt_col = 0 if nll_on_prompt else p_max - 1
+    keep = list(range(first_prompt_col, p_max + c_max - 1)) + list(range(p_max + c_max, length - 1))
+    col_index = {col: k for k, col in enumerate(keep)}
+    rows, cols, toks, pairs, kinds = [], [], [], [], []
+
+    def add(row: int, col: int, tok: int, kind: int) -> None:
+        rows.append(row)
+        cols.append(col_index[col])
+        toks.append(tok)
+        pairs.append(row)
+        kinds.append(kind)
+
+    for i, f in enumerate(features):
+        prompt, chosen, rejected = f["prompt_ids"], f["chosen_ids"], f["rejected_ids"]
+        p, c, r = len(prompt), len(chosen), len(rejected)
+        start = p_max - p
+        input_ids[i, start:p_max] = torch.tensor(prompt)
+        input_ids[i, p_max:p_max + c] = torch.tensor(chosen)
+        input_ids[i, p_max + c_max:p_max + c_max + r] = torch.tensor(rejected)
+        segment[i, start:p_max] = SEG_PROMPT
+        segment[i, p_max:p_max + c] = SEG_CHOSEN
+        segment[i, p_max + c_max:p_max + c_max + r] = SEG_REJECTED
+        positions[i, start:p_max] = torch.arange(p)
+        positions[i, p_max:p_max + c] = torch.arange(p, p + c)
+        positions[i, p_max + c_max:p_max + c_max + r] = torch.arange(p, p + r)
+        if nll_on_prompt:
+            for t in range(1, p):  # prompt token t is predicted at column start + t - 1
+                add(i, start + t - 1, prompt[t], KIND_PROMPT)
+        for j in range(c):  # chosen token j: from the last prompt column, then from chosen j-1
+            add(i, p_max - 1 if j == 0 else p_max + j - 1, chosen[j], KIND_CHOSEN)
+        for j in range(r):  # rejected token j: the last prompt column too, then rejected j-1
+            add(i, p_max - 1 if j == 0 else p_max + c_max + j - 1, rejected[j], KIND_REJECTED)
+
+    out: dict[str, Any] = {"input_ids": input_ids, "segment_ids": segment, "position_ids": positions,
+                           "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
+    out.update(_gather_fields(rows, cols, toks, pairs, kinds))
+    out.update(_counts(features, nll_on_prompt))
+    return out
+
+
+def _stack_extras(features: Sequence[dict[str, Any]], seq_lengths: list[int], length: int) -> dict[str, torch.Tensor]:
+    """Batch a vision student's per-example tensors for the two-sequence rows (chosen rows, then rejected rows).
+
+    Image tensors (``pixel_values`` ...) carry no batch axis; they are stacked and repeated for both
+    row groups. ``cross_attention_mask`` is stored for the prompt only (``[prompt_len, images,
+    tiles]``); every answer token gets the prompt's last row (it sees the image like the tokens
+    before it, as the student's own encoding does), then the rows are zero-padded to ``length``.
+    """
+    keys = sorted({k for f in features for k in (f.get("extras") or {})})
+    out: dict[str, torch.Tensor] = {}
+    n = len(features)
+    for key in keys:
+        values = [torch.as_tensor(f["extras"][key]) for f in features]
+        if key in SEQUENCE_EXTRAS:
+            rows = []
+            for row, seq_len in enumerate(seq_lengths):
+                mask = values[row % n]
+                grown = torch.cat([mask, mask[-1:].expand(seq_len - mask.shape[0], *mask.shape[1:])])
+                rows.append(torch.cat([grown, grown.new_zeros((length - seq_len, *mask.shape[1:]))]))
+            out[key] = torch.stack(rows)
+        else:
+            stacked = torch.stack(values)
+            out[key] = torch.cat([stacked, stacked], dim=0)
+    return out
+
+
+def collate_two_sequence(features: Sequence[dict[str, Any]], *, pad_id: int,
+                         nll_on_prompt: bool = True) -> dict[str, Any]:
+    """The standard layout: rows ``[prompt+chosen_0..B-1, prompt+rejected_0..B-1]``, right-padded.
+
+    Used as the reference in tests and as the fallback for models whose attention takes no custom
+    4D mask (vision students, flash-attention). Logits are still computed only at needed columns.
+    """
+    batch = len(features)
+    seqs = [f["prompt_ids"] + f["chosen_ids"] for f in features] + \
+           [f["prompt_ids"] + f["rejected_ids"] for f in features]
+    length = max(len(s) for s in seqs)
+    input_ids = torch.full((2 * batch, length), pad_id, dtype=torch.long)
+    attention = torch.zeros((2 * batch, length), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        input_ids[row, :len(seq)] = torch.tensor(seq)
+        attention[row, :len(seq)] = 1
+    min_prompt = min(len(f["prompt_ids"]) for f in features)
+    first_col = 0 if nll_on_prompt else min_prompt - 1
+    keep = list(range(first_col, length - 1))
+    rows, cols, toks, pairs, kinds = [], [], [], [], []
+    for i, f in enumerate(features):
+        p = len(f["prompt_ids"])
+        for row, answer, kind in ((i, f["chosen_ids"], KIND_CHOSEN), (batch + i, f["rejected_ids"], KIND_REJECTED)):
+            seq = seqs[row]
+            start = 1 if (nll_on_prompt and kind == KIND_CHOSEN) else p
+            for t in range(start, p + len(answer)):
+                rows.append(row)
+                cols.append(t - 1 - first_col)
+                toks.append(seq[t])
+                pairs.append(i)
+                kinds.append(KIND_PROMPT if t < p else kind)
+    out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention,
+                           "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
+    out.update(_stack_extras(features, [len(seq) for seq in seqs], length))
+    out.update(_gather_fields(rows, cols, toks, pairs, kinds))
+    out.update(_counts(features, nll_on_prompt))
+    return out
+
+
+def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The ``[B, 1, L, L]`` attention mask of the packed layout from ``segment_ids`` ``[B, L]``.
+
+    ``kind="bool"`` (True = attend; for sdpa) or ``"additive"`` (0 / dtype min; for eager). A query
+    sees a key when both are real tokens, the key is not later, and the key is in the prompt or in
+    the query's own segment. Padding queries see themselves only, so no softmax row is empty (NaN).
+    """
+    seg = segment_ids.long()
+    length = seg.shape[1]
+    idx = torch.arange(length, device=seg.device)
+    causal = idx[None, :] <= idx[:, None]  # [L(q), L(k)]
+    q, k = seg[:, :, None], seg[:, None, :]
+    allowed = causal[None] & (q >= 0) & (k >= 0) & ((k == SEG_PROMPT) | (k == q))
+    allowed = allowed | (torch.eye(length, dtype=torch.bool, device=seg.device)[None] & (q < 0))
+    allowed = allowed[:, None]
+    if kind == "bool":
+        return allowed
+    if kind == "additive":
+        zero = torch.zeros((), dtype=dtype, device=seg.device)
+        return torch.where(allowed, zero, torch.finfo(dtype).min)
+    raise ValueError(f"mask kind {kind!r}: use 'bool' or 'additive'")
+
+
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
+GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "n_chosen", "n_rejected", "n_nll", "segment_ids",
+               "logits_to_keep")
+
+
+def mask_kind_for(model: Any) -> str | None:
+    """The 4D mask form this model's attention takes (``bool`` sdpa, ``additive`` eager), or ``None`` if none."""
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None) if config is not None else None
+    return {"sdpa": "bool", "eager": "additive"}.get(impl or "")
+
+
+def pair_statistics(logits: torch.Tensor, batch: dict[str, Any], n_pairs: int) -> dict[str, torch.Tensor]:
+    """Per-pair mean answer log-probs and the batch NLL from kept logits ``[rows, K, V]``.
+
+    Computes ``logit[target] - logsumexp(logits)`` only at scored tokens (the log-softmax over the
+    vocabulary is never materialized), then sums per pair and kind: the same quantities as TRL's
+    ``get_batch_logps(average_log_prob=True)`` and its chosen ``CrossEntropyLoss``.
+    """
+    logits = logits.float()
+    rows, cols, toks, pairs, kinds = (batch[k] for k in ("g_row", "g_col", "g_tok", "g_pair", "g_kind"))
+    lse = torch.logsumexp(logits, dim=-1)  # [rows, K]
+    token_logps = logits[rows, cols, toks] - lse[rows, cols]
+    zeros = token_logps.new_zeros(n_pairs)
+    chosen_sum = zeros.index_add(0, pairs, torch.where(kinds == KIND_CHOSEN, token_logps, 0.0))
+    rejected_sum = zeros.index_add(0, pairs, torch.where(kinds == KIND_REJECTED, token_logps, 0.0))
+    nll_sum = -torch.where(kinds != KIND_REJECTED, token_logps, 0.0).sum()
+    return {"chosen_logps": chosen_sum / batch["n_chosen"].to(chosen_sum.dtype),
+            "rejected_logps": rejected_sum / batch["n_rejected"].to(rejected_sum.dtype),
+            "nll": nll_sum / batch["n_nll"].to(nll_sum.dtype),
+            "chosen_logps_sum": chosen_sum, "rejected_logps_sum": rejected_sum}
+
+
+def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = None) -> dict[str, torch.Tensor]:
+    """Run ``model`` on a collated batch (either layout) and return :func:`pair_statistics`.
+
+    The packed layout (``segment_ids`` present) needs ``mask_kind`` (see :func:`mask_kind_for`).
+    """
+    n_pairs = int(batch["n_chosen"].shape[0])
+    kwargs = {k: v for k, v in batch.items() if k not in GATHER_KEYS}
+    if "pixel_values" in kwargs:  # images arrive as fp32; the vision tower may hold bf16 weights
+        kwargs["pixel_values"] = kwargs["pixel_values"].to(_param_dtype(model))
+    if "segment_ids" in batch:
+        if mask_kind is None:
+            raise ValueError("the packed layout needs a 4D-mask-capable attention (sdpa or eager)")
+        dtype = _compute_dtype(model)
+        kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype)
+    outputs = model(**kwargs, logits_to_keep=batch["logits_to_keep"], use_cache=False)
+    return pair_statistics(outputs.logits, batch, n_pairs)
+
+
+def _compute_dtype(model: Any) -> torch.dtype:
+    if torch.is_autocast_enabled("cpu") or (torch.cuda.is_available() and torch.is_autocast_enabled("cuda")):
+        return torch.float32  # additive masks are added to fp32-promoted scores under autocast
+    return _param_dtype(model)
+
+
+def _param_dtype(model: Any) -> torch.dtype:
+    try:
+        return next(p for p in model.parameters() if p.is_floating_point()).dtype
+    except StopIteration:
+        return torch.float32

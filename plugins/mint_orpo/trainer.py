@@ -1,0 +1,80 @@
+"""``OrpoTrainer``: a ``transformers.Trainer`` whose loss is ORPO over shared-prompt packed pairs.
+
+Only ``compute_loss`` and ``log`` are overridden, plus a custom collator, so the Trainer's
+accelerate integration (DDP, DeepSpeed, FSDP, mixed precision, gradient accumulation,
+checkpointing and resuming) works unchanged. The forward goes through the wrapped model's own
+``forward`` (``logits_to_keep`` restricts the vocabulary projection), never through inner modules.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from transformers import Trainer
+
+from mint_orpo.loss import orpo_loss
+from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, mask_kind_for
+
+
+@dataclass
+class PairCollator:
+    """Collates pair features into the packed layout, or the two-sequence one (``packed=False``)."""
+
+    pad_id: int
+    packed: bool = True
+    nll_on_prompt: bool = True
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        collate = collate_packed if self.packed else collate_two_sequence
+        return collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt)
+
+
+def choose_packing(model: Any, packing: str, features: Sequence[dict[str, Any]]) -> tuple[bool, str | None, str]:
+    """(packed?, mask kind, reason) for the ``packing`` option: auto, packed, two-sequence."""
+    if packing not in {"auto", "packed", "two-sequence"}:
+        raise ValueError(f"optimizer.packing={packing!r}: use auto, packed or two-sequence")
+    kind = mask_kind_for(model)
+    has_images = any(f.get("extras") for f in features)
+    if packing == "two-sequence":
+        return False, kind, "requested"
+    problem = ("the student passes image inputs (cross-attention masks follow the token layout)" if has_images
+               else None if kind else
+               f"attention '{getattr(model.config, '_attn_implementation', '?')}' takes no custom 4D mask")
+    if problem:
+        if packing == "packed":
+            raise ValueError(f"optimizer.packing=packed is not possible: {problem}; use packing=auto")
+        return False, kind, problem
+    return True, kind, f"shared prompt, 4D {kind} mask"
+
+
+class OrpoTrainer(Trainer):
+    """ORPO on pair features (see :mod:`mint_orpo.packing`); ``beta`` is ORPO's λ."""
+
+    # compute_loss returns the per-micro-batch mean; the Trainer divides by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, beta: float = 0.1, mask_kind: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.beta = float(beta)
+        self.mask_kind = mask_kind
+        self._stored: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        stats = forward_pairs(model, inputs, mask_kind=self.mask_kind)
+        loss, metrics = orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], self.beta)
+        for key, value in metrics.items():
+            self._stored[key].append(float(self.accelerator.gather_for_metrics(value.reshape(1)).mean()))
+        if return_outputs:
+            return loss, {**stats, **metrics}
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Mean of the metrics of every micro-batch since the last log (as TRL does).
+        if "loss" in logs:
+            for key, values in self._stored.items():
+                logs[key] = sum(values) / len(values)
+            self._stored.clear()
+        super().log(logs, start_time)

@@ -1,0 +1,28 @@
+"""MINT's ``rare-disease`` task: patient notes (+ a face image) -> the rare genetic disease.
+
+Sources: ``task.source=hpo-sim`` (default; patients simulated offline from the HPO's disease
+annotations, faces rendered from their facial terms) or ``task.source=phenopackets`` (GA4GH
+Phenopacket v2 files, e.g. phenopacket-store). See :mod:`mint_rare_disease.task`.
+
+This module stays light: the ontology, PIL and the task code load only when a run uses the task.
+"""
+
+from __future__ import annotations
+
+from mint_core.hookspecs import hookimpl
+
+from mint_rare_disease.config import RareDiseaseConfig
+
+__all__ = ["RareDiseaseConfig", "mint_register_tasks"]
+
+
+@hookimpl
+def mint_register_tasks(register):  # noqa: ANN001 - pluggy passes the core's register callable
+    register("rare-disease", _make_task, config=RareDiseaseConfig,
+             description="Rare genetic diseases: HPO-based notes + face image (simulated from HPO or phenopackets)")
+
+
+def _make_task(config: RareDiseaseConfig):  # noqa: ANN202
+    from mint_rare_disease.task import RareDiseaseTask
+
+    return RareDiseaseTask(config)

@@ -1,0 +1,74 @@
+"""MINT optimizers through TRL: DPO, KTO and the SFT baseline, each with LoRA (peft).
+
+Registers the optimizers ``dpo`` (TRL ``DPOTrainer``), ``kto`` (``KTOTrainer``) and ``sft``
+(``SFTTrainer``). Options are the common trainer options of :mod:`mint_orpo.common`
+(``optimizer.epochs``, ``optimizer.max_steps``, ...) plus each method's own. Heavy code lives in
+:mod:`mint_trl.optimizer`; the Mllama cross-attention fix in :mod:`mint_trl.vision`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mint_core.hookspecs import hookimpl
+from mint_orpo.common import TrainingOptions
+
+_IMPL_HELP = "Always 'trl' here: these optimizers run TRL's trainers (the option exists for ORPO)."
+_INIT_HELP = ("Start from this adapter: a peft adapter folder, a student folder holding adapter/, or a run folder "
+              "(its students/sft/adapter is used first). For dpo/kto the starting adapter is also the reference "
+              "policy, as in the DPO-after-SFT recipe.")
+
+
+@dataclass
+class DpoConfig(TrainingOptions):
+    """DPO options. ``beta`` is DPO's β (strength of the KL constraint to the reference)."""
+
+    impl: str = field(default="trl", metadata={"help": _IMPL_HELP})
+    init_adapter: str = field(default="", metadata={"help": _INIT_HELP})
+    loss_type: str = field(default="sigmoid", metadata={
+        "help": "TRL DPO loss: sigmoid (DPO), hinge, ipo, robust, ...; comma-separate to combine."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cDPO/robust label smoothing in [0, 0.5)."})
+
+
+@dataclass
+class KtoConfig(TrainingOptions):
+    """KTO options. ``beta`` is KTO's β."""
+
+    impl: str = field(default="trl", metadata={"help": _IMPL_HELP})
+    init_adapter: str = field(default="", metadata={"help": _INIT_HELP})
+    loss_type: str = field(default="kto", metadata={
+        "help": "kto (with the KL reference point; needs batch_size >= 2) or apo_zero_unpaired."})
+    desirable_weight: float = field(default=1.0, metadata={"help": "Loss weight of desirable answers."})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "Loss weight of undesirable answers."})
+
+
+@dataclass
+class SftConfig(TrainingOptions):
+    """SFT baseline options (``beta`` is unused). The loss is on answer tokens only."""
+
+    impl: str = field(default="trl", metadata={"help": _IMPL_HELP})
+    init_adapter: str = field(default="", metadata={"help": _INIT_HELP})
+
+
+@hookimpl
+def mint_register_optimizers(register):
+    register("dpo", _make("dpo"), config=DpoConfig,
+             description="DPO (TRL DPOTrainer, LoRA); reference = adapter-free base or the init_adapter (e.g. SFT)",
+             pairs_with={"builder": "topk"})
+    register("kto", _make("kto"), config=KtoConfig,
+             description="KTO (TRL KTOTrainer, LoRA) on unpaired desirable/undesirable answers",
+             pairs_with={"builder": "kto"})
+    register("sft", _make("sft"), config=SftConfig,
+             description="SFT baseline (TRL SFTTrainer, LoRA) on answers led by the true label",
+             pairs_with={"builder": "sft"})
+
+
+def _make(method: str):
+    def factory(config):
+        from mint_trl.optimizer import OPTIMIZERS
+
+        cls = OPTIMIZERS[method]
+        return cls(config or cls.config_class())
+
+    factory.__name__ = f"make_{method}"
+    return factory

@@ -1,0 +1,162 @@
+"""MINT examples -> the ``datasets.Dataset`` rows TRL's trainers read.
+
+Text students: rows are **pre-tokenized by the student** (``StudentModel.encode``), so training
+sees exactly the ids evaluation scores and generates from: the student's chat template, its system
+message handling, and the answer closed by the end-of-turn token it stops on. (TRL's own
+conversational tokenization would also train the template's trailing newline after that token.)
+Prompts longer than ``max_prompt_length`` lose their beginning; answers are cut to ``max_length``.
+
+Vision students: rows are TRL's conversational vision format (``prompt``/``chosen``/``rejected``
+or ``completion`` messages plus an ``images`` column), processed on the fly by TRL's vision
+collators, whose cross-attention masks :mod:`mint_trl.vision` repairs.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+from mint_core.components import StudentModel
+from mint_core.registry import MintError
+from mint_core.types import PreferenceExample, Prompt
+
+if TYPE_CHECKING:
+    from mint_core.context import RunContext
+
+Method = Literal["dpo", "kto", "sft"]
+
+_BUILDER_HINT = {"dpo": "pairs (chosen/rejected): use --builder topk",
+                 "kto": "unpaired answers or pairs: use --builder kto (or topk)",
+                 "sft": "answers to imitate: use --builder sft (or topk)"}
+
+
+def as_rows(examples: Sequence[PreferenceExample], method: Method) -> list[dict[str, Any]]:
+    """``{"prompt": Prompt, ...answer fields}`` per training row for ``method``.
+
+    DPO takes pairs. KTO takes unpaired examples, or pairs split into a desirable (chosen) and an
+    undesirable (rejected) row. SFT takes SFT examples, the chosen answer of pairs, or the
+    desirable answers of unpaired examples.
+    """
+    rows: list[dict[str, Any]] = []
+    for ex in examples:
+        if method == "dpo" and ex.chosen is not None and ex.rejected is not None:
+            rows.append({"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected})
+        elif method == "kto" and ex.kind == "unpaired" and ex.completion is not None and ex.label is not None:
+            rows.append({"prompt": ex.prompt, "completion": ex.completion, "label": bool(ex.label)})
+        elif method == "kto" and ex.chosen is not None and ex.rejected is not None:
+            rows.append({"prompt": ex.prompt, "completion": ex.chosen, "label": True})
+            rows.append({"prompt": ex.prompt, "completion": ex.rejected, "label": False})
+        elif method == "sft" and ex.kind == "sft" and ex.completion is not None:
+            rows.append({"prompt": ex.prompt, "completion": ex.completion})
+        elif method == "sft" and ex.chosen is not None:
+            rows.append({"prompt": ex.prompt, "completion": ex.chosen})
+        elif method == "sft" and ex.kind == "unpaired" and ex.label and ex.completion is not None:
+            rows.append({"prompt": ex.prompt, "completion": ex.completion})
+        elif method == "sft" and ex.kind == "unpaired":
+            continue  # an undesirable answer has nothing to imitate
+        else:
+            raise MintError(f"optimizer={method} cannot train on preference example {ex.case_id!r} "
+                            f"(kind={ex.kind!r}): it needs {_BUILDER_HINT[method]}")
+    if not rows:
+        raise MintError(f"optimizer={method} has no training examples (preferences.jsonl is empty?)")
+    return rows
+
+
+# -- text: pre-tokenized -------------------------------------------------------------------------
+def _encode_answer(sm: StudentModel, prompt: Prompt, answer: str, *, max_length: int,
+                   max_prompt_length: int) -> tuple[list[int], list[int]]:
+    enc = sm.encode(prompt=prompt, completion=answer)
+    split = int(enc["prompt_length"])
+    prompt_ids, answer_ids = list(enc["input_ids"][:split]), list(enc["input_ids"][split:])
+    if len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    return prompt_ids, answer_ids[:max(0, max_length - len(prompt_ids))]
+
+
+def tokenized_rows(sm: StudentModel, rows: Sequence[dict[str, Any]], method: Method, *, max_length: int,
+                   max_prompt_length: int, ctx: RunContext | None = None) -> list[dict[str, Any]]:
+    """TRL's tokenized columns: dpo ``prompt_ids/chosen_ids/rejected_ids``; kto ``prompt_ids/completion_ids/label``;
+    sft ``input_ids/completion_mask``. Rows where no answer token fits ``max_length`` are dropped."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        prompt: Prompt = row["prompt"]
+        if method == "dpo":
+            from mint_orpo.optimizer import encode_pair
+
+            pair = PreferenceExample(case_id="", prompt=prompt, chosen=row["chosen"], rejected=row["rejected"])
+            feature = encode_pair(sm, pair, max_length=max_length, max_prompt_length=max_prompt_length)
+            if feature is not None:
+                out.append({k: feature[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")})
+            continue
+        prompt_ids, answer_ids = _encode_answer(sm, prompt, row["completion"], max_length=max_length,
+                                                max_prompt_length=max_prompt_length)
+        if not answer_ids:
+            continue
+        if method == "kto":
+            out.append({"prompt_ids": prompt_ids, "completion_ids": answer_ids, "label": row["label"]})
+        else:
+            out.append({"input_ids": prompt_ids + answer_ids,
+                        "completion_mask": [0] * len(prompt_ids) + [1] * len(answer_ids)})
+    dropped = len(rows) - len(out)
+    if dropped and ctx is not None:
+        ctx.log(f"{method.upper()}: {dropped} example(s) dropped: the prompt fills max_length "
+                "(raise optimizer.max_length)")
+    if not out:
+        raise MintError(f"optimizer={method}: every prompt fills optimizer.max_length={max_length}; raise it")
+    return out
+
+
+# -- vision: TRL's conversational format -----------------------------------------------------------
+def vision_messages(sm: StudentModel, prompt: Prompt) -> list[dict[str, Any]]:
+    """The prompt's chat messages without the image (TRL inserts the image placeholder itself).
+
+    Uses the student's own ``messages()`` when it has one, so the system text is placed as at
+    inference (Llama 3.2 Vision cannot combine an image with a system message: it is folded into
+    the user turn).
+    """
+    text_only = Prompt(text=prompt.text, image=None, system=prompt.system)
+    builder = getattr(sm, "messages", None)
+    if callable(builder):
+        messages = builder(text_only)
+        if all(isinstance(m.get("content"), str) for m in messages):
+            return [dict(m) for m in messages]
+    user = f"{prompt.system.strip()}\n\n{prompt.text}" if prompt.system else prompt.text
+    return [{"role": "user", "content": user}]
+
+
+def vision_rows(sm: StudentModel, rows: Sequence[dict[str, Any]], method: Method,
+                ctx: RunContext) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        prompt: Prompt = row["prompt"]
+        if not prompt.image:
+            raise MintError("A vision student got a prompt without an image; check the task's student modality")
+        image = ctx.resolve(prompt.image)
+        if not image.is_file():
+            raise MintError(f"Image {image} (from a preference prompt) does not exist")
+        item: dict[str, Any] = {"prompt": vision_messages(sm, prompt), "images": [str(image)]}
+        for key in ("chosen", "rejected", "completion"):
+            if key in row:
+                item[key] = [{"role": "assistant", "content": row[key]}]
+        if "label" in row:
+            item["label"] = row["label"]
+        out.append(item)
+    return out
+
+
+def to_dataset(rows: list[dict[str, Any]], *, shuffle_seed: int | None = None):
+    """A ``datasets.Dataset``; an ``images`` column of paths becomes lazily decoded PIL images."""
+    from datasets import Dataset, Image
+
+    try:
+        from datasets import List as SequenceFeature
+    except ImportError:  # datasets < 4
+        from datasets import Sequence as SequenceFeature
+
+    if shuffle_seed is not None:
+        rows = list(rows)
+        random.Random(shuffle_seed).shuffle(rows)
+    dataset = Dataset.from_list(rows)
+    if "images" in dataset.column_names:
+        dataset = dataset.cast_column("images", SequenceFeature(Image()))
+    return dataset

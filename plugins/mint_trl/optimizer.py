@@ -1,0 +1,273 @@
+"""The ``dpo``, ``kto`` and ``sft`` optimizers: TRL's trainers with LoRA on a MINT student.
+
+How the model is prepared (decisions):
+
+- **Fresh adapter** (no ``init_adapter``): the student's LoRA config (``lora_config()``, else the
+  config of the adapter ``load(trainable=True)`` attaches, which is then unloaded) goes to TRL as
+  ``peft_config=`` and TRL wraps the bare model. DPO and KTO then take the reference policy from
+  the same weights with the adapter disabled: no second model copy.
+- **Starting adapter** (``init_adapter``, e.g. the SFT baseline's): the student loads it as the
+  trainable adapter. TRL copies it into a frozen ``ref`` adapter, so the policy *starts from* the
+  SFT model and the DPO/KTO reference *is* the SFT model, the DPO-after-SFT recipe. The saved
+  adapter is a single LoRA (SFT + preference updates) that loads on the plain base model; the
+  ``ref`` copy is dropped before saving. (Merging the SFT adapter into the base instead would
+  make the result unusable without that merged base.)
+- Text students train on rows pre-tokenized by ``StudentModel.encode`` (see :mod:`mint_trl.data`);
+  vision students (Mllama) use TRL's vision collators plus the cross-attention repair of
+  :mod:`mint_trl.vision`.
+
+Every run checkpoints under ``output_dir/checkpoints`` and resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+from mint_core.components import Optimizer, Student, StudentModel, TrainResult
+from mint_core.io import write_json
+from mint_core.registry import MintError
+from mint_core.types import PreferenceExample
+from mint_orpo.common import (
+    MetricsLoggerCallback, ProgressCallback, _ProgressImpl, atomic_save_adapter, find_last_checkpoint,
+    plot_training_curve, remove_printer_callbacks, resolve_init_adapter, resolve_seed, training_arguments_kwargs,
+)
+from mint_orpo.optimizer import summarize
+from mint_trl import DpoConfig, KtoConfig, SftConfig
+from mint_trl.data import Method, as_rows, to_dataset, tokenized_rows, vision_rows
+
+if TYPE_CHECKING:
+    from mint_core.context import RunContext
+
+
+def find_init_adapter(value: str, *, output_dir: Path) -> Path | None:
+    """``init_adapter`` -> adapter folder. A run folder means its ``students/sft/adapter`` when present."""
+    if not value:
+        return None
+    run_sft = Path(value).expanduser() / "students" / "sft" / "adapter"
+    found = run_sft if (run_sft / "adapter_config.json").is_file() else resolve_init_adapter(value)
+    if found is not None and found.resolve() == (output_dir / "adapter").resolve():
+        raise MintError(f"optimizer.init_adapter={value!r} is this optimizer's own output adapter ({found}); "
+                        "point it at another run's adapter (e.g. the SFT baseline's)")
+    return found
+
+
+class TrlOptimizer(Optimizer):
+    """Shared flow; subclasses name the TRL trainer and config and add their options."""
+
+    method: ClassVar[Method]
+    config_class: ClassVar[type]
+    label: ClassVar[str]
+
+    def __init__(self, config: Any):
+        if getattr(config, "impl", "trl") != "trl":
+            raise MintError(f"optimizer.impl={config.impl!r}: optimizer={self.method} always runs TRL (impl=trl)")
+        self.config = config
+
+    # -- subclass hooks ------------------------------------------------------------------------
+    def trl_config(self, common: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def trainer_class(self, *, vision: bool) -> type:
+        raise NotImplementedError
+
+    def vision_collator(self, processor: Any, args: Any) -> Any:
+        raise NotImplementedError
+
+    # -- the flow ------------------------------------------------------------------------------
+    def train(self, *, student: Student, examples: Sequence[PreferenceExample], output_dir: Path,
+              ctx: RunContext, callbacks: Sequence[Any] = ()) -> TrainResult:
+        """Train into ``output_dir`` (``adapter/``, ``checkpoints/``, ``metrics.jsonl``, ``training_curve.png``).
+
+        ``callbacks`` are extra ``TrainerCallback`` objects (tests use one to simulate a kill).
+        """
+        cfg = self.config
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        rows = as_rows(examples, self.method)
+        init = find_init_adapter(cfg.init_adapter, output_dir=output_dir)
+        sm, peft_config = self._load(student, init=init, ctx=ctx)
+        if init is not None:
+            ctx.log(f"{self.label}: starting from adapter {init}"
+                    + ("" if self.method == "sft" else " (also the reference policy)"))
+        vision = getattr(sm, "modality", "text") == "image"
+        seed = resolve_seed(cfg, ctx)
+        common = training_arguments_kwargs(cfg, output_dir=output_dir, seed=seed)
+        args = self.trl_config(common)
+        dataset, collator = self._dataset(sm, rows, args=args, vision=vision, seed=seed, ctx=ctx)
+        ctx.log(f"{self.label}: {len(dataset)} training rows, {'vision' if vision else 'text'} student")
+
+        trainer_cls = self.trainer_class(vision=vision)
+        cbs = [ProgressCallback(ctx, description=self.label), MetricsLoggerCallback(output_dir / "metrics.jsonl"),
+               *callbacks]
+        trainer = trainer_cls(model=sm.model, args=args, train_dataset=dataset, processing_class=sm.processor,
+                              data_collator=collator, callbacks=cbs, peft_config=peft_config)
+        remove_printer_callbacks(trainer)
+        resume = find_last_checkpoint(output_dir / "checkpoints")
+        if resume is not None:
+            ctx.log(f"{self.label}: resuming from {resume}")
+        progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _ProgressImpl))
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            progress.close()
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if "ref" in getattr(model, "peft_config", {}):
+            model.delete_adapter("ref")  # the frozen reference copy is not part of the result
+        adapter_dir = atomic_save_adapter(model, output_dir / "adapter")
+        plot_training_curve(output_dir / "metrics.jsonl", output_dir / "training_curve.png",
+                            title=f"{self.label} β={cfg.beta}" if self.method != "sft" else self.label)
+        metrics = summarize(result.metrics, output_dir / "metrics.jsonl", global_step=trainer.state.global_step)
+        metrics["rows"] = float(len(dataset))
+        write_json(output_dir / "train_summary.json", {**metrics, "init_adapter": str(init) if init else None})
+        return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, metrics=metrics)
+
+    @staticmethod
+    def _load(student: Student, *, init: Path | None, ctx: RunContext) -> tuple[StudentModel, Any]:
+        """The student model for TRL, and the ``peft_config`` TRL should wrap it with (``None``: already peft)."""
+        sm = student.load(ctx=ctx, adapter_dir=init, trainable=True)
+        if init is not None:
+            return sm, None
+        # A fresh adapter: keep the student's LoRA config (its lora_config(), else the one it just
+        # attached) and strip the adapter, so TRL wraps the bare model itself and takes the
+        # reference from the adapter-disabled base, not from a copy of a freshly initialised adapter.
+        config = sm.lora_config() if callable(getattr(sm, "lora_config", None)) else sm.model.peft_config["default"]
+        if hasattr(sm.model, "unload"):
+            sm.model = sm.model.unload()
+        return sm, config
+
+    def _dataset(self, sm: StudentModel, rows: list[dict[str, Any]], *, args: Any, vision: bool, seed: int,
+                 ctx: RunContext) -> tuple[Any, Any]:
+        # KTO estimates its KL term from neighbours within a batch and so reads the data in order:
+        # shuffle once here instead (seeded) so batches mix cases and desirable/undesirable rows.
+        shuffle = seed if self.method == "kto" else None
+        if not vision:
+            tokenized = tokenized_rows(sm, rows, self.method, max_length=int(self.config.max_length),
+                                       max_prompt_length=int(self.config.max_prompt_length), ctx=ctx)
+            return to_dataset(tokenized, shuffle_seed=shuffle), None
+        from mint_trl.vision import MllamaCrossAttentionCollator, MllamaTextProcessor, is_mllama
+
+        dataset = to_dataset(vision_rows(sm, rows, self.method, ctx), shuffle_seed=shuffle)
+        if not is_mllama(getattr(sm.model, "get_base_model", lambda: sm.model)()):
+            return dataset, self.vision_collator(sm.processor, args)
+        collator = self.vision_collator(MllamaTextProcessor(sm.processor), args)
+        image_token_id = int(sm.model.config.image_token_index)
+        return dataset, MllamaCrossAttentionCollator(collator=collator, image_token_id=image_token_id)
+
+
+# -- DPO -------------------------------------------------------------------------------------------
+class DpoOptimizer(TrlOptimizer):
+    method = "dpo"
+    config_class = DpoConfig
+    label = "DPO"
+    default_builder = "topk"
+
+    def trl_config(self, common: dict[str, Any]) -> Any:
+        from trl import DPOConfig
+
+        cfg = self.config
+        losses = [name.strip() for name in str(cfg.loss_type).split(",") if name.strip()]
+        return DPOConfig(**common, beta=float(cfg.beta), loss_type=losses or ["sigmoid"],
+                         label_smoothing=float(cfg.label_smoothing), max_length=int(cfg.max_length),
+                         truncation_mode="keep_start", disable_dropout=True)
+
+    def trainer_class(self, *, vision: bool) -> type:
+        from trl import DPOTrainer
+
+        class MintDPOTrainer(DPOTrainer):
+            """DPOTrainer taking rows the student already tokenized (``prompt_ids``/``chosen_ids``/``rejected_ids``)."""
+
+            def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+                if "prompt_ids" in dataset.column_names:
+                    return dataset
+                return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        return MintDPOTrainer
+
+    def vision_collator(self, processor: Any, args: Any) -> Any:
+        from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+        return DataCollatorForVisionPreference(processor=processor, max_length=args.max_length)
+
+
+# -- KTO -------------------------------------------------------------------------------------------
+class KtoOptimizer(TrlOptimizer):
+    method = "kto"
+    config_class = KtoConfig
+    label = "KTO"
+    default_builder = "kto"
+
+    def trl_config(self, common: dict[str, Any]) -> Any:
+        from trl import KTOConfig
+
+        cfg = self.config
+        if cfg.loss_type == "kto" and int(cfg.batch_size) < 2:
+            raise MintError("optimizer=kto with loss_type=kto estimates its KL reference point from the other "
+                            "answers of a batch: set optimizer.batch_size >= 2 (or loss_type=apo_zero_unpaired)")
+        # KL completions pair each prompt with its batch neighbour's answer: read batches in order.
+        sampling = "sequential" if cfg.loss_type == "kto" else "random"
+        return KTOConfig(**common, beta=float(cfg.beta), loss_type=cfg.loss_type,
+                         desirable_weight=float(cfg.desirable_weight),
+                         undesirable_weight=float(cfg.undesirable_weight), max_length=int(cfg.max_length),
+                         train_sampling_strategy=sampling, disable_dropout=True)
+
+    def trainer_class(self, *, vision: bool) -> type:
+        from trl import KTOTrainer
+
+        class MintKTOTrainer(KTOTrainer):
+            """KTOTrainer taking rows the student already tokenized (``prompt_ids``/``completion_ids``/``label``)."""
+
+            def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+                if "prompt_ids" not in dataset.column_names:
+                    return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+                if self.calculate_KL:
+                    # TRL's own step: each row's KL answer is its batch predecessor's (rotation by one).
+                    def add_kl(batch):
+                        batch["KL_completion_ids"] = [batch["completion_ids"][-1]] + batch["completion_ids"][:-1]
+                        return batch
+
+                    dataset = dataset.map(add_kl, batched=True, batch_size=args.per_device_train_batch_size)
+                return dataset
+
+        if vision:
+            from mint_trl.vision import kto_trainer_class
+
+            return kto_trainer_class(MintKTOTrainer)
+        return MintKTOTrainer
+
+    def vision_collator(self, processor: Any, args: Any) -> Any:
+        from trl.trainer.kto_trainer import DataCollatorForVisionUnpairedPreference
+
+        return DataCollatorForVisionUnpairedPreference(processor=processor, max_length=args.max_length,
+                                                       calculate_kl=self.config.loss_type == "kto")
+
+
+# -- SFT -------------------------------------------------------------------------------------------
+class SftOptimizer(TrlOptimizer):
+    method = "sft"
+    config_class = SftConfig
+    label = "SFT"
+    default_builder = "sft"
+
+    def trl_config(self, common: dict[str, Any]) -> Any:
+        from trl import SFTConfig
+
+        # Loss on the answer only (the prompt is the case, not something to imitate); no packing so
+        # every row is one case, as in evaluation.
+        return SFTConfig(**common, max_length=int(self.config.max_length), completion_only_loss=True,
+                         packing=False, padding_free=False, dataset_kwargs={})
+
+    def trainer_class(self, *, vision: bool) -> type:
+        from trl import SFTTrainer
+
+        return SFTTrainer
+
+    def vision_collator(self, processor: Any, args: Any) -> Any:
+        from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+        return DataCollatorForVisionLanguageModeling(processor=processor, max_length=args.max_length,
+                                                     completion_only_loss=True)
+
+
+OPTIMIZERS: dict[str, type[TrlOptimizer]] = {"dpo": DpoOptimizer, "kto": KtoOptimizer, "sft": SftOptimizer}

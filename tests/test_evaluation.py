@@ -1,0 +1,207 @@
+"""mint_core.evaluation: name matching, generation metrics on known answers, ranking on a tiny Llama."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Sequence
+
+import pytest
+
+from mint_core.components import StudentModel, Task
+from mint_core.context import RunContext
+from mint_core.evaluation import (EvalConfig, default_ks, evaluate, evaluate_generation, evaluate_ranking,
+                                  generation_metrics, match_names, ranking_candidates, teacher_metrics)
+from mint_core.types import Case, Label, LabelSpace, Prompt, Ranking, TaskData
+
+LABELS = LabelSpace([
+    Label("L1", "Marfan syndrome", synonyms=("MFS",)),
+    Label("L2", "Loeys-Dietz syndrome"),
+    Label("L3", "Noonan syndrome"),
+    Label("L4", "Down syndrome", synonyms=("Trisomy 21",)),
+    Label("L5", "Williams syndrome"),
+    Label("L6", "Kabuki syndrome"),
+])
+CASES = [
+    Case("c1", ("L1",), split="test", text="Tall, arachnodactyly, lens dislocation."),
+    Case("c2", ("L3",), split="test", text="Short stature, pulmonary stenosis, webbed neck."),
+    Case("c3", ("L4",), split="test", text="Hypotonia, flat face, single palmar crease."),
+]
+RANKINGS = {
+    "c1": Ranking("c1", ["L1", "L2", "L3", "L4", "L5", "L6"]),
+    "c2": Ranking("c2", ["L3", "L5", "L6", "L1", "L4", "L2"]),
+    # c3 has no teacher ranking: teacher metrics cover 2 cases.
+}
+ANSWERS = [
+    "Most likely diseases:\n1. Marfan syndrome\n2. Loeys Dietz syndrome\n3. Fakeitis",
+    "1. Loeys-Dietz syndrome\n2. Noonan syndrom\n3. Noonan syndrome",  # no header; fuzzy; duplicate
+    "I don't know.",  # malformed, no names
+]
+
+
+class FakeTask(Task):
+    label_noun = "diseases"
+
+    def load(self, *, ctx):  # pragma: no cover - not used
+        return TaskData(labels=LABELS, cases=CASES)
+
+    def prompt(self, *, case: Case, n_answers: int) -> Prompt:
+        return Prompt(f"Notes: {case.text}\nList the {n_answers} most likely diseases.")
+
+
+class ScriptedStudent(StudentModel):
+    """Answers from a table keyed by prompt text: exercises evaluation without a model."""
+
+    modality = "text"
+    model = processor = None
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+        self.generate_calls: list[int] = []
+
+    def encode(self, *, prompt, completion=None):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def generate(self, *, prompts: Sequence[Prompt], max_new_tokens: int, batch_size: int) -> list[str]:
+        self.generate_calls.append(len(prompts))
+        return [self.answers[p.text] for p in prompts]
+
+    def score(self, *, prompts, candidates, batch_size):  # pragma: no cover - not used
+        raise NotImplementedError
+
+
+def test_match_names_exact_synonym_fuzzy_hallucinated():
+    names = ["marfan SYNDROME!", "Trisomy-21", "mfs", "Marfan syndrom", "Loeys Dietz syndrome", "Noonan",
+             "Completely made-up disease", "", "Williams-Beuren"]
+    assert match_names(names, LABELS) == ["L1", "L4", "L1", "L1", "L2", None, None, None, None]
+    # The threshold is a real knob: "Noonan" (ratio ~0.57 to "noonan syndrome") matches when lowered.
+    assert match_names(["Noonan"], LABELS, threshold=0.5) == ["L3"]
+
+
+def test_malformed_answers_count_as_not_well_formed_never_crash():
+    garbage = ["", "   ", "\x00\x01 weird", "Most likely diseases:", "Most likely diseases:\n2. Noonan syndrome",
+               "1) Marfan syndrome\nblah", None]
+    cases = [Case(f"g{i}", ("L1",), split="test") for i in range(len(garbage))]
+    metrics, predictions = generation_metrics(answers=garbage, cases=cases, labels=LABELS, rankings=None,
+                                              n_answers=3)
+    assert metrics["well_formed"] == 0.0
+    assert [p["well_formed"] for p in predictions] == [False] * len(garbage)
+    assert predictions[5]["matched_ids"] == ["L1"] and predictions[5]["hits"]["top1"] is True
+    assert metrics["top1"] == pytest.approx(1 / len(garbage))
+    assert "teacher_topk_coverage" not in metrics and metrics["n"] == len(garbage)
+
+
+def test_generation_metrics_on_hand_written_answers():
+    metrics, predictions = generation_metrics(answers=ANSWERS, cases=CASES, labels=LABELS, rankings=RANKINGS,
+                                              n_answers=3)
+    # ks: small label space -> [1, 3, 5], capped at n_answers=3.
+    assert set(metrics) == {"top1", "top3", "well_formed", "hallucination_rate", "teacher_topk_coverage",
+                            "teacher_bottomq_avoidance", "teacher_top1_agreement", "n_teacher", "n"}
+    assert metrics["top1"] == pytest.approx(1 / 3)          # c1 only
+    assert metrics["top3"] == pytest.approx(2 / 3)          # c1, and c2 via the fuzzy "Noonan syndrom"
+    assert metrics["well_formed"] == pytest.approx(1 / 3)   # c2 lacks the header, c3 is prose
+    assert metrics["hallucination_rate"] == pytest.approx(1 / 5)  # "Fakeitis" of 5 distinct names
+    # c1: top-3 {L1,L2,L3}, listed {L1,L2} -> 2/3; c2: top-3 {L3,L5,L6}, listed {L2,L3} -> 1/3.
+    assert metrics["teacher_topk_coverage"] == pytest.approx(0.5)
+    # c1 lists none of {L4,L5,L6}; c2 lists L2, in its bottom-3 {L1,L4,L2}.
+    assert metrics["teacher_bottomq_avoidance"] == pytest.approx(0.5)
+    assert metrics["teacher_top1_agreement"] == pytest.approx(0.5)
+    assert metrics["n_teacher"] == 2 and metrics["n"] == 3
+    c2 = predictions[1]
+    assert c2["names"] == ["Loeys-Dietz syndrome", "Noonan syndrom"]  # the duplicate counts once
+    assert c2["matched_ids"] == ["L2", "L3"] and c2["well_formed"] is False
+    assert c2["teacher_topk"] == ["L3", "L5", "L6"] and c2["true_label_ids"] == ["L3"]
+    assert predictions[0]["matched_ids"] == ["L1", "L2", None]
+    assert "teacher_topk" not in predictions[2]
+
+
+def test_default_ks_rule():
+    assert default_ks(n_labels=9, n_answers=10) == [1, 3, 5]
+    assert default_ks(n_labels=500, n_answers=5) == [1, 3, 5]
+    assert default_ks(n_labels=500, n_answers=10) == [1, 3, 10]
+    metrics, _ = generation_metrics(answers=ANSWERS, cases=CASES, labels=LABELS, rankings=None, n_answers=5)
+    assert {"top1", "top3", "top5"} <= set(metrics)
+
+
+def test_evaluate_generation_uses_given_prompts_and_batches():
+    task = FakeTask()
+    data = TaskData(labels=LABELS, cases=CASES)
+    rag_prompts = [Prompt(f"[retrieved] {case.id}") for case in CASES]
+    student = ScriptedStudent({p.text: a for p, a in zip(rag_prompts, ANSWERS)})
+    metrics, predictions = evaluate_generation(student_model=student, task=task, data=data, cases=CASES,
+                                               rankings=list(RANKINGS.values()), n_answers=3, batch_size=1,
+                                               prompts=rag_prompts)
+    assert metrics["top3"] == pytest.approx(2 / 3) and metrics["teacher_top1_agreement"] == pytest.approx(0.5)
+    assert [p["case_id"] for p in predictions] == ["c1", "c2", "c3"]
+    assert sum(student.generate_calls) == 3
+
+
+def test_teacher_metrics():
+    metrics = teacher_metrics(rankings=RANKINGS, cases=CASES, ks=[1, 3])
+    # c1: true L1 at rank 0; c2: true L3 at rank 0; c3 has no ranking.
+    assert metrics == {"top1": 1.0, "top3": 1.0, "n": 2}
+    shifted = {"c1": Ranking("c1", ["L2", "L3", "L1"]), "c2": Ranking("c2", ["L1", "L2", "L4"])}
+    assert teacher_metrics(rankings=shifted, cases=CASES, ks=[1, 3]) == {"top1": 0.0, "top3": 0.5, "n": 2}
+
+
+def test_eval_config_fields_and_validation():
+    config = EvalConfig()
+    assert (config.mode, config.batch_size, config.max_cases, config.fuzzy_threshold, config.ks) == \
+        ("generation", 8, None, 0.8, None)
+    assert all(f.metadata.get("help") for f in fields(EvalConfig))
+    assert EvalConfig(ks="1,3,10").ks == [1, 3, 10]
+    with pytest.raises(ValueError, match="eval.mode"):
+        EvalConfig(mode="beam")
+
+
+# -- ranking on a real (tiny) model --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory):
+    import torch
+
+    from mint_llama import LlamaTextConfig
+    from mint_llama.student import LlamaTextStudent
+    from mint_llama.testing import build_tiny_llama
+
+    torch.manual_seed(0)
+    model_dir = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+    ctx = RunContext(run_dir=tmp_path_factory.mktemp("run"))
+    return LlamaTextStudent(LlamaTextConfig(model=str(model_dir))).load(ctx=ctx)
+
+
+def test_ranking_mode_on_tiny_llama(tiny_student):
+    task = FakeTask()
+    data = TaskData(labels=LABELS, cases=CASES)
+    metrics, predictions = evaluate_ranking(student_model=tiny_student, task=task, data=data, cases=CASES,
+                                            n_answers=3, batch_size=4)
+    assert set(metrics) == {"rank_top1", "rank_top3", "rank_top5", "rank_mrr", "n"}
+    # Recompute the ranking independently with the naive scorer: same order, same metrics.
+    prompts = [task.prompt(case=case, n_answers=3) for case in CASES]
+    naive = tiny_student.score_naive(prompts=prompts, candidates=ranking_candidates(task, LABELS), batch_size=6)
+    expected_hits = []
+    for case, row, prediction in zip(CASES, naive, predictions):
+        order = [LABELS.ids[i] for i in sorted(range(len(row)), key=lambda i: -row[i])]
+        assert prediction["ranked_ids"] == order[:5]
+        assert prediction["true_rank"] == order.index(case.label_id) + 1
+        assert prediction["scores"][0] == pytest.approx(max(row), abs=1e-4)
+        expected_hits.append(order.index(case.label_id))
+    assert metrics["rank_top1"] == pytest.approx(sum(r < 1 for r in expected_hits) / 3)
+    assert metrics["rank_top3"] == pytest.approx(sum(r < 3 for r in expected_hits) / 3)
+    assert metrics["rank_mrr"] == pytest.approx(sum(1 / (r + 1) for r in expected_hits) / 3)
+    assert metrics["rank_top1"] <= metrics["rank_top3"] <= metrics["rank_top5"]
+    # With every label in the top-k, every case hits.
+    full, _ = evaluate_ranking(student_model=tiny_student, task=task, data=data, cases=CASES, n_answers=3,
+                               ks=[len(LABELS)], batch_size=6)
+    assert full[f"rank_top{len(LABELS)}"] == 1.0
+
+
+def test_evaluate_both_modes_on_tiny_llama(tiny_student, tmp_path):
+    task = FakeTask()
+    data = TaskData(labels=LABELS, cases=CASES + [Case("t", ("L1",), split="train", text="x")])
+    config = EvalConfig(mode="both", max_new_tokens=6, batch_size=2, max_cases=2)
+    metrics, predictions = evaluate(config=config, student_model=tiny_student, task=task, data=data,
+                                    rankings=RANKINGS, n_answers=3, ctx=RunContext(run_dir=tmp_path))
+    assert metrics["n"] == 2 and [p["case_id"] for p in predictions] == ["c1", "c2"]
+    assert {"top1", "well_formed", "hallucination_rate", "rank_top1", "rank_mrr"} <= set(metrics)
+    # A random model writes no valid answer list.
+    assert metrics["well_formed"] == 0.0
+    assert all(isinstance(p["answer"], str) and "ranked_ids" in p for p in predictions)

@@ -1,0 +1,175 @@
+"""The gestalt teacher: a real (tiny) face CNN + MiniLM notes encoder, trained for a few epochs."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from mint_core.context import RunContext
+from mint_core.io import read_json
+from mint_core.registry import MintError
+from mint_core.types import Case, Label, LabelSpace, TaskData
+from mint_gestalt import GestaltConfig
+from mint_gestalt.teacher import CHECKPOINT, META, GestaltTeacher, topk_accuracy
+
+# Notes tell classes {0,1} from {2,3}; the image (circle vs square, red vs blue) tells {0,2} from
+# {1,3}: only both modalities together identify the class.
+WORDS = {0: ["seizures", "hypotonia", "microcephaly", "ataxia"],
+         1: ["short stature", "cleft palate", "scoliosis", "brachydactyly"]}
+FILLER = ["patient", "presented", "with", "noted", "history", "mild", "clinical", "examination"]
+COLORS = {0: (200, 40, 40), 1: (40, 60, 200)}
+
+
+def make_data(run_dir: Path, per_class: int = 6, size: int = 32, seed: int = 0, held_out: int = 1) -> TaskData:
+    """4 classes; per class ``held_out`` val and ``held_out`` test cases, the rest train."""
+    rng = random.Random(seed)
+    labels = LabelSpace([Label(f"L{i}", f"Syndrome {chr(65 + i)}") for i in range(4)])
+    (run_dir / "images").mkdir(parents=True, exist_ok=True)
+    cases = []
+    for c in range(4):
+        for j in range(per_class):
+            words = rng.sample(WORDS[c // 2], 2) + rng.sample(FILLER, 3)
+            rng.shuffle(words)
+            image = Image.new("RGB", (size, size), tuple(rng.randint(150, 230) for _ in range(3)))
+            draw = ImageDraw.Draw(image)
+            r = size // 5
+            x, y = rng.randint(r + 1, size - r - 1), rng.randint(r + 1, size - r - 1)
+            box = [x - r, y - r, x + r, y + r]
+            (draw.ellipse if c % 2 == 0 else draw.rectangle)(box, fill=COLORS[c % 2])
+            case_id = f"c{c}_{j}"
+            image.save(run_dir / "images" / f"{case_id}.png")
+            split = ("train" if j < per_class - 2 * held_out
+                     else "val" if j < per_class - held_out else "test")
+            cases.append(Case(id=case_id, label_ids=(f"L{c}",), split=split, text=" ".join(words),
+                              image=f"images/{case_id}.png"))
+    return TaskData(labels=labels, cases=cases)
+
+
+TINY = GestaltConfig(image_size=32, epochs=3, patience=2, batch_size=8, embed_dim=32,
+                     hidden_dim=32, device="cpu", num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    torch.manual_seed(0)
+    run_dir = tmp_path_factory.mktemp("gestalt")
+    data = make_data(run_dir)
+    ctx = RunContext(run_dir=run_dir, seed=0)
+    teacher = GestaltTeacher(TINY)
+    teacher.fit(data=data, ctx=ctx)
+    rankings = teacher.rank(data=data, cases=data.cases, ctx=ctx)
+    return data, ctx, teacher, rankings
+
+
+def test_rankings_cover_the_label_space(fitted):
+    data, _, _, rankings = fitted
+    assert [r.case_id for r in rankings] == [c.id for c in data.cases]
+    for ranking in rankings:
+        assert sorted(ranking.label_ids) == sorted(data.labels.ids)
+        assert ranking.scores == sorted(ranking.scores, reverse=True)
+        assert sum(ranking.scores) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_checkpoint_is_safetensors_and_reloads_to_the_same_rankings(fitted):
+    data, ctx, teacher, rankings = fitted
+    ckpt = ctx.path("teacher", CHECKPOINT)
+    state = load_file(str(ckpt))  # raises on anything that is not safetensors
+    assert any(key.startswith("image_encoder.") for key in state)
+    assert not any(key.startswith("text_encoder.") for key in state)  # frozen MiniLM is not saved
+    meta = read_json(ctx.path("teacher", META))
+    assert meta["label_ids"] == data.labels.ids
+    assert meta["config"]["modalities"] == "both" and meta["n_train"] == 16 and meta["n_val"] == 4
+    assert 1 <= len(meta["history"]) <= TINY.epochs
+    assert ctx.path("teacher", "text_embeddings.safetensors").exists()
+
+    mtime = ckpt.stat().st_mtime_ns
+    again = GestaltTeacher(TINY)
+    again.fit(data=data, ctx=ctx)  # same config, labels and cases: reuses the checkpoint
+    assert ckpt.stat().st_mtime_ns == mtime
+    reloaded = again.rank(data=data, cases=data.cases, ctx=ctx)
+    assert [r.label_ids for r in reloaded] == [r.label_ids for r in rankings]
+    flat = lambda rs: [score for r in rs for score in r.scores]  # noqa: E731
+    assert flat(reloaded) == pytest.approx(flat(rankings), abs=1e-5)
+
+
+def test_changed_config_invalidates_the_checkpoint(fitted):
+    data, ctx, teacher, _ = fitted
+    assert teacher._fingerprint(data, *teacher._split(data, 0), 0) == teacher.meta["fingerprint"]
+    other = GestaltTeacher(replace(TINY, epochs=1, modalities="text"))
+    assert other._fingerprint(data, *other._split(data, 0), 0) != teacher.meta["fingerprint"]
+    assert teacher._fingerprint(data, *teacher._split(data, 1), 1) != teacher.meta["fingerprint"]  # seed
+    # Options that do not change the weights do not invalidate it.
+    assert GestaltTeacher(replace(TINY, device="cuda", num_threads=2))._fingerprint(
+        data, *teacher._split(data, 0), 0) == teacher.meta["fingerprint"]
+
+
+def test_modalities_drop_a_branch(tmp_path, fitted):
+    data = make_data(tmp_path)
+    ctx = RunContext(run_dir=tmp_path, seed=0)
+    text_only = GestaltTeacher(replace(TINY, modalities="text", epochs=2))
+    text_only.fit(data=data, ctx=ctx)
+    model = text_only.model
+    assert not hasattr(model, "image_encoder") and hasattr(model, "text_proj")
+    assert not any(key.startswith("image_") for key in load_file(str(ctx.path("teacher", CHECKPOINT))))
+    both_params = sum(p.numel() for p in fitted[2].model.parameters())
+    assert sum(p.numel() for p in model.parameters()) < both_params
+    # A text-only teacher never opens an image: cases without one rank fine.
+    cases = [replace(case, image=None) for case in data.split("test")]
+    assert len(text_only.rank(data=data, cases=cases, ctx=ctx)) == len(cases)
+
+    image_only = GestaltTeacher(replace(TINY, modalities="image"))
+    net = image_only._build(len(data.labels), ctx, pretrained=False)
+    assert hasattr(net, "image_encoder") and not hasattr(net, "text_proj")
+    # Head input: one projected embedding + its mask flag per branch.
+    assert net.head[0].in_features == TINY.embed_dim + 1
+    assert fitted[2].model.head[0].in_features == 2 * (TINY.embed_dim + 1)
+
+
+def test_missing_images_are_masked_and_missing_files_are_errors(fitted):
+    data, ctx, teacher, _ = fitted
+    no_image = [replace(case, image=None) for case in data.split("test")]
+    inputs = teacher._inputs(no_image, ctx)
+    assert not inputs.image_mask.any() and int(inputs.images.abs().sum()) == 0
+    assert len(teacher.rank(data=data, cases=no_image, ctx=ctx)) == len(no_image)
+    broken = [replace(data.cases[0], image="images/nope.png")]
+    with pytest.raises(MintError, match="nope.png"):
+        teacher.rank(data=data, cases=broken, ctx=ctx)
+
+
+def test_bad_modalities_value_is_a_clear_error():
+    with pytest.raises(MintError, match="teacher.modalities"):
+        GestaltTeacher(replace(TINY, modalities="audio"))
+
+
+def test_topk_accuracy():
+    from mint_core.types import Ranking
+
+    cases = [Case(id="a", label_ids=("x",)), Case(id="b", label_ids=("y",))]
+    rankings = [Ranking("a", ["x", "y", "z"]), Ranking("b", ["x", "z", "y"])]
+    assert topk_accuracy(rankings, cases, ks=(1, 2, 3)) == {"top1": 0.5, "top2": 0.5, "top3": 1.0}
+
+
+@pytest.mark.slow
+def test_the_image_adds_what_the_notes_lack(tmp_path):
+    """Notes only separate {A,B} from {C,D}: text-only tops out near 50%, both modalities near 100%."""
+    torch.manual_seed(0)
+    data = make_data(tmp_path, per_class=14, held_out=3)
+    test = data.split("val") + data.split("test")
+    scores = {}
+    for modalities in ("text", "both"):
+        ctx = RunContext(run_dir=tmp_path / modalities, seed=0)
+        (tmp_path / modalities).mkdir()
+        (tmp_path / modalities / "images").symlink_to(tmp_path / "images")
+        teacher = GestaltTeacher(replace(TINY, modalities=modalities, epochs=40, patience=8))
+        teacher.fit(data=data, ctx=ctx)
+        scores[modalities] = topk_accuracy(teacher.rank(data=data, cases=test, ctx=ctx), test, ks=(1, 2))
+    print("held-out accuracy by modalities:", scores)
+    assert scores["text"]["top2"] >= 0.9  # the notes do find the right pair
+    assert scores["both"]["top1"] >= 0.75
+    assert scores["both"]["top1"] >= scores["text"]["top1"] + 0.2, scores

@@ -1,0 +1,281 @@
+"""MINT's ORPO optimizer: packed == two-sequence == TRL, end-to-end training, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mint_core.context import RunContext
+from mint_core.types import PreferenceExample, Prompt
+
+torch.set_num_threads(1)
+
+NAMES = ["Marfan syndrome", "Noonan syndrome", "Williams syndrome", "Down syndrome", "Kabuki syndrome",
+         "Angelman syndrome", "Prader-Willi syndrome", "Loeys-Dietz syndrome"]
+
+
+def _answer(names: list[str]) -> str:
+    return "Most likely diagnoses:\n" + "\n".join(f"{i}. {n}" for i, n in enumerate(names, 1))
+
+
+def make_examples(n: int = 6) -> list[PreferenceExample]:
+    notes = ["The patient is a 7-year-old boy with short stature and seizures.",
+             "A 34-year-old woman presents with tall stature, arachnodactyly, lens dislocation and aortic dilatation. "
+             "Clinical notes: global developmental delay; microcephaly; cleft palate; hearing loss; scoliosis.",
+             "Phenotype: HP:0001250, HP:0001263.",
+             "Clinical notes: hypotonia, intellectual disability, hearing loss."]
+    out = []
+    for i in range(n):
+        text = notes[i % len(notes)] + " Question: which diseases best explain these findings? List the 3 most likely."
+        chosen = _answer(NAMES[i % 3:i % 3 + 3 + (i % 2)])
+        rejected = _answer(NAMES[5:8][: 1 + i % 3])
+        out.append(PreferenceExample(case_id=f"c{i}", prompt=Prompt(text=text), chosen=chosen, rejected=rejected))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    from mint_llama.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _student(tiny_dir: Path, **kw):
+    from mint_llama import LlamaTextConfig
+    from mint_llama.student import LlamaTextStudent
+
+    return LlamaTextStudent(LlamaTextConfig(model=str(tiny_dir), lora_r=4, lora_alpha=8, device="cpu",
+                                            dtype="float32", **kw))
+
+
+def _ctx(tmp_path: Path, seed: int = 0) -> RunContext:
+    from rich.console import Console
+
+    return RunContext(run_dir=tmp_path, seed=seed, console=Console(stderr=True, quiet=True))
+
+
+def _lora_grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_dir, tmp_path_factory):
+    """A trainable tiny student (LoRA B perturbed so the adapter matters) and encoded pairs."""
+    from mint_orpo.optimizer import encode_pairs
+
+    torch.manual_seed(0)
+    ctx = _ctx(tmp_path_factory.mktemp("run"))
+    sm = _student(tiny_dir).load(ctx=ctx, trainable=True)
+    from trl.trainer.utils import disable_dropout_in_model
+
+    disable_dropout_in_model(sm.model)
+    with torch.no_grad():
+        for name, p in sm.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # B starts at zero; a non-zero adapter makes its gradients non-trivial
+    features = encode_pairs(sm, make_examples(), max_length=1024, max_prompt_length=768)
+    return sm, features
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("nll_on_prompt", [True, False])
+def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
+    from mint_orpo.loss import orpo_loss
+    from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, mask_kind_for
+
+    sm, features = loaded
+    model = sm.model
+    model.base_model.model.config._attn_implementation = attn  # sdpa and eager take different mask forms
+    try:
+        kind = mask_kind_for(model)
+        assert kind == {"sdpa": "bool", "eager": "additive"}[attn]
+        batch = features[:4]  # unequal prompt and answer lengths: padding in every block
+        assert len({len(f["prompt_ids"]) for f in batch}) > 1 and len({len(f["chosen_ids"]) for f in batch}) > 1
+        results = {}
+        for name, collate in (("packed", collate_packed), ("two", collate_two_sequence)):
+            model.zero_grad()
+            stats = forward_pairs(model, collate(batch, pad_id=sm.pad_token_id, nll_on_prompt=nll_on_prompt),
+                                  mask_kind=kind)
+            loss, _ = orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], beta=0.1)
+            loss.backward()
+            results[name] = (stats, loss.detach(), _lora_grads(model))
+        (sp, lp, gp), (st, lt, gt) = results["packed"], results["two"]
+        for key in ("chosen_logps", "rejected_logps", "nll", "chosen_logps_sum"):
+            torch.testing.assert_close(sp[key], st[key], atol=1e-5, rtol=0)
+        assert abs(lp.item() - lt.item()) < 1e-5
+        assert gp.keys() == gt.keys() and len(gp) > 0
+        assert any(g.abs().max() > 1e-6 for g in gp.values())
+        for name in gp:
+            torch.testing.assert_close(gp[name], gt[name], atol=1e-5, rtol=1e-4)
+        # The per-pair sums also match an independent single-pair forward of the plain model.
+        f = batch[1]
+        ids = torch.tensor([f["prompt_ids"] + f["rejected_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        p = len(f["prompt_ids"])
+        ref = logp[torch.arange(p - 1, ids.shape[1] - 1), ids[0, p:]].sum()
+        assert abs(sp["rejected_logps_sum"][1].item() - ref.item()) < 1e-4
+    finally:
+        model.base_model.model.config._attn_implementation = "sdpa"
+        model.zero_grad()
+
+
+def test_packed_mask_layout():
+    from mint_orpo.packing import build_pair_mask, collate_packed
+
+    feats = [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
+             {"prompt_ids": [1, 2], "chosen_ids": [4], "rejected_ids": [6, 7, 8]}]
+    b = collate_packed(feats, pad_id=0)
+    # Row 1: [pad, p, p | c, pad | r, r, r]; positions restart after the prompt for rejected.
+    assert b["input_ids"][1].tolist() == [0, 1, 2, 4, 0, 6, 7, 8]
+    assert b["position_ids"][1].tolist()[1:3] == [0, 1] and b["position_ids"][1, 3] == 2
+    assert b["position_ids"][1, 5:].tolist() == [2, 3, 4]
+    m = build_pair_mask(b["segment_ids"], kind="bool")[1, 0]
+    assert m[5, 1] and m[5, 2] and not m[5, 3]  # rejected sees the prompt, never the chosen answer
+    assert m[3, 1] and not m[3, 0] and not m[1, 3]  # chosen sees prompt, not pad; prompt doesn't see ahead
+    assert m[7, 6] and m[7, 5] and not m[6, 7]
+
+
+def test_loss_matches_trl(loaded, tmp_path):
+    """TRL's ORPOTrainer.get_batch_loss_metrics on the same batch and weights gives the same loss."""
+    from trl.experimental.utils import DPODataCollatorWithPadding
+
+    from mint_orpo import OrpoConfig
+    from mint_orpo.common import training_arguments_kwargs
+    from mint_orpo.loss import orpo_loss
+    from mint_orpo.packing import collate_packed, forward_pairs, mask_kind_for
+    from mint_orpo.trl_impl import build_trl_trainer, to_trl_row
+
+    sm, features = loaded
+    cfg = OrpoConfig(beta=0.25, batch_size=3, max_steps=1)
+    trainer = build_trl_trainer(cfg, sm, features, args_kwargs=training_arguments_kwargs(cfg, output_dir=tmp_path,
+                                                                                        seed=0))
+    batch = features[1:4]
+    trl_batch = DPODataCollatorWithPadding(pad_token_id=sm.pad_token_id)([to_trl_row(f) for f in batch])
+    with torch.no_grad():
+        trl_loss, trl_metrics = trainer.get_batch_loss_metrics(sm.model, trl_batch)
+        stats = forward_pairs(sm.model, collate_packed(batch, pad_id=sm.pad_token_id), mask_kind=mask_kind_for(sm.model))
+        loss, metrics = orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], beta=0.25)
+    assert abs(loss.item() - trl_loss.item()) < 1e-5
+    assert abs(metrics["nll"].item() - trl_metrics["nll_loss"]) < 1e-5
+    assert abs(metrics["logps/chosen"].item() - trl_metrics["logps/chosen"]) < 1e-5
+    assert abs(metrics["log_odds_ratio"].item() - trl_metrics["log_odds_ratio"]) < 1e-5
+
+
+def _optimizer(**kw):
+    from mint_orpo import OrpoConfig
+    from mint_orpo.optimizer import OrpoOptimizer
+
+    base = dict(batch_size=2, max_steps=3, save_steps=2, learning_rate=1e-3, seed=0)
+    base.update(kw)
+    return OrpoOptimizer(OrpoConfig(**base))
+
+
+def test_train_end_to_end(tiny_dir, tmp_path):
+    torch.manual_seed(0)
+    out = tmp_path / "students" / "orpo"
+    result = _optimizer().train(student=_student(tiny_dir), examples=make_examples(), output_dir=out,
+                                ctx=_ctx(tmp_path))
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert (result.adapter_dir / "adapter_config.json").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    for key in ("nll", "or_loss", "logps/chosen", "logps/rejected", "rewards/accuracies", "learning_rate"):
+        assert key in train_rows[0]
+    assert abs(train_rows[0]["loss"] - (train_rows[0]["nll"] + train_rows[0]["or_loss"])) < 1e-4
+    png = out / "training_curve.png"
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    assert result.metrics["global_step"] == 3
+    # The saved adapter loads and differs from a fresh one (training changed the weights).
+    from safetensors.torch import load_file
+
+    weights = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_after_kill(tiny_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise _Kill("simulated kill after checkpoint-2")
+
+    torch.manual_seed(0)
+    out = tmp_path / "students" / "orpo"
+    with pytest.raises(_Kill):
+        _optimizer(max_steps=4).train(student=_student(tiny_dir), examples=make_examples(), output_dir=out,
+                                      ctx=_ctx(tmp_path), callbacks=[KillAfterSave()])
+    assert (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (out / "adapter").exists()
+
+    seen_start = []
+
+    class RecordStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen_start.append(state.global_step)
+
+    result = _optimizer(max_steps=4).train(student=_student(tiny_dir), examples=make_examples(), output_dir=out,
+                                           ctx=_ctx(tmp_path), callbacks=[RecordStart()])
+    assert result.metrics["global_step"] == 4
+    assert seen_start == [2]  # resumed from checkpoint-2, not from scratch
+    assert (out / "checkpoints" / "checkpoint-4").is_dir()
+    state = json.loads((out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 from the killed run, 3-4 resumed, none twice
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_vision_student_two_sequence(tmp_path):
+    """A vision (Mllama) student trains through the two-sequence path with its image inputs."""
+    from mint_llama_vision import LlamaVisionConfig
+    from mint_llama_vision.student import LlamaVisionStudent, collate
+    from mint_llama_vision.testing import tiny_mllama_dir, write_tiny_pngs
+
+    from mint_orpo.optimizer import encode_pairs
+    from mint_orpo.packing import collate_two_sequence, forward_pairs
+    from mint_orpo.trainer import choose_packing
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    images = write_tiny_pngs(run, n=3)
+    ctx = _ctx(run)
+    student = LlamaVisionStudent(LlamaVisionConfig(model=str(tiny_mllama_dir(tmp_path)), lora_r=4, device="cpu",
+                                                   dtype="float32"))
+    examples = []
+    for i, image in enumerate(images):
+        tissues = ["adipose tissue", "lymphocytes", "mucus", "smooth muscle", "debris"]
+        examples.append(PreferenceExample(
+            case_id=f"v{i}", prompt=Prompt(text="Which tissue types are in this tile?", image=image),
+            chosen="Most likely tissue types:\n1. " + tissues[i], rejected="Most likely tissue types:\n1. " +
+            "\n2. ".join(tissues[3:3 + 1 + i % 2])))
+    sm = student.load(ctx=ctx, trainable=True)
+    sm.model.eval()
+    features = encode_pairs(sm, examples, max_length=512, max_prompt_length=256)
+    packed, _, reason = choose_packing(sm.model, "auto", features)
+    assert not packed and "image" in reason
+    with torch.no_grad():
+        stats = forward_pairs(sm.model, collate_two_sequence(features[:2], pad_id=sm.pad_id))
+        # Reference: the student's own encoding of prompt + rejected answer, one sequence.
+        enc = sm.encode(prompt=examples[1].prompt, completion=examples[1].rejected)
+        ref_batch = collate([enc], pad_id=sm.pad_id)
+        logits = sm.model(**ref_batch).logits[0, :-1].float()
+        p = enc["prompt_length"]
+        ids = torch.tensor(enc["input_ids"])
+        ref = torch.log_softmax(logits, -1)[torch.arange(p - 1, len(ids) - 1), ids[p:]].sum()
+    assert abs(stats["rejected_logps_sum"][1].item() - ref.item()) < 1e-4
+
+    result = _optimizer(max_steps=2, save_steps=5).train(student=student, examples=examples,
+                                                         output_dir=run / "students" / "orpo", ctx=ctx)
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert result.metrics["global_step"] == 2 and torch.isfinite(torch.tensor(result.metrics["final_loss"]))
