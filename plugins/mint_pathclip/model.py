@@ -153,7 +153,10 @@ class HfClip:
         return self._features(self.model.get_image_features(pixel_values=pixels))
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        tok = self.processor.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        # Truncate to the text tower's positions: a tokenizer's model_max_length is not always set.
+        limit = self.model.config.text_config.max_position_embeddings
+        tok = self.processor.tokenizer(list(texts), padding=True, truncation=True, max_length=limit,
+                                       return_tensors="pt")
         tok = {k: v.to(self.logit_scale.device) for k, v in tok.items()}
         return self._features(self.model.get_text_features(input_ids=tok["input_ids"],
                                                            attention_mask=tok["attention_mask"]))

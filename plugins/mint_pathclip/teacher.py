@@ -172,10 +172,10 @@ class PathClipTeacher(Teacher):
         if is_scratch(cfg.model):
             prompts = [t.format(name=name) for t in templates for name in names]
             vocab = compact_vocab(train.captions + val.captions + prompts, cfg.context_length)
-        self.backend = build_backend(cfg, self.device, vocab=vocab)
-        self.probe = None
         if not train.images:
             raise MintError("pathclip: the task has no readable training images (split 'train')")
+        self.backend = build_backend(cfg, self.device, vocab=vocab)
+        self.probe = None
         history = FitHistory()
         if self._needs_training():
             lr = cfg.lr or (2e-3 if is_scratch(cfg.model) else 1e-5)
@@ -197,7 +197,13 @@ class PathClipTeacher(Teacher):
             scale = float(self.backend.logit_scale.detach().exp())
             self.probe = train_linear_probe(feats, train.classes, len(names), init=text, scale=scale,
                                             steps=cfg.probe_steps, seed=ctx.seed).to(self.device)
-            ctx.log(f"pathclip: linear probe trained on {len(feats)} image embeddings")
+            note = ""
+            if val.images:
+                val_feats = image_embeddings(self.backend, val.images, cfg.eval_batch_size, self.device)
+                with torch.no_grad():
+                    hits = self.probe(val_feats.to(self.device)).argmax(1).cpu() == val.classes
+                note = f" (val top-1 {float(hits.float().mean()):.3f})"
+            ctx.log(f"pathclip: linear probe trained on {len(feats)} image embeddings{note}")
         self.fingerprint = fingerprint
         meta = {"fingerprint": fingerprint, "format": FORMAT_VERSION, "model": cfg.model or "scratch",
                 "config": asdict(cfg), "labels": data.labels.ids, "templates": templates,
@@ -226,7 +232,11 @@ class PathClipTeacher(Teacher):
                 for case in batch:
                     if not case.image:
                         raise MintError(f"pathclip: case {case.id} has no image")
-                    images.append(load_image(ctx.resolve(case.image)))
+                    try:
+                        images.append(load_image(ctx.resolve(case.image)))
+                    except Exception as exc:  # noqa: BLE001 - a ranking per case is owed; say which failed
+                        raise MintError(f"pathclip: cannot read the image of case {case.id} ({case.image}): {exc}. "
+                                        "Re-run the task stage (mint teach) to rewrite the run's images.") from exc
                 feats = F.normalize(self.backend.encode_image(self.backend.pixels(images).to(self.device)).float(), dim=-1)
                 logits = self.probe(feats) if self.probe is not None else scale * feats @ text.T
                 out.append(logits.softmax(-1).cpu())

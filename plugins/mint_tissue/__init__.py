@@ -17,8 +17,9 @@ class TissueConfig:
                 "(task.path/<class>/<image>) or 'pannuke' (task.path holds images.npy + types.npy, or 'Fold N/' folders)"})
     path: str = field(default="", metadata={"help": "data folder for source=imagefolder or pannuke"})
     n_classes: int = field(default=0, metadata={
-        "help": "0 = the source's default: 8 well-known types for synthetic (fast on CPU; 19 = all PanNuke types), "
-                "every class found for real data; N = the N largest real classes"})
+        "help": "0 = the source's default: 8 well-known, distinct types for synthetic (breast, colon, kidney, liver, "
+                "lung, prostate, skin, thyroid; fast on CPU), every class found for real data. "
+                "N > 0: the first N PanNuke types for synthetic (19 = all), the N largest classes for real data"})
     classes: str = field(default="", metadata={
         "help": "comma-separated tissue ids or names to keep (e.g. 'colon,liver,lung'); overrides n_classes"})
     tiles_per_class: int = field(default=30, metadata={"help": "synthetic: tiles drawn per class"})
