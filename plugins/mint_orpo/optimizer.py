@@ -68,7 +68,21 @@ def encode_pairs(sm: StudentModel, examples: Sequence[PreferenceExample], *, max
 
 
 class OrpoOptimizer(Optimizer):
+    """MINT's ORPO. Subclass it for other reference-free pair objectives: override
+    :meth:`trainer_class` (a :class:`mint_orpo.trainer.OrpoTrainer` subclass whose ``pair_loss``
+    is the new objective), :meth:`trainer_kwargs` and :attr:`display_name`."""
+
     default_builder = "topk"
+    display_name = "ORPO"
+
+    def trainer_class(self) -> type:
+        from mint_orpo.trainer import OrpoTrainer
+
+        return OrpoTrainer
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for the trainer class (beyond ``beta``)."""
+        return {}
 
     def __init__(self, config: OrpoConfig):
         self.config = config
@@ -91,7 +105,9 @@ class OrpoOptimizer(Optimizer):
         sm = student.load(ctx=ctx, adapter_dir=resolve_init_adapter(cfg.init_adapter), trainable=True)
         features = encode_pairs(sm, examples, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                                 ctx=ctx)
-        trainer = build_trainer(cfg, sm, features, output_dir=output_dir, ctx=ctx, callbacks=callbacks)
+        trainer = build_trainer(cfg, sm, features, output_dir=output_dir, ctx=ctx, callbacks=callbacks,
+                                trainer_cls=self.trainer_class(), trainer_kwargs=self.trainer_kwargs(),
+                                name=self.display_name)
         resume = find_last_checkpoint(output_dir / "checkpoints")
         if resume is not None:
             ctx.log(f"ORPO: resuming from {resume}")
@@ -102,7 +118,7 @@ class OrpoOptimizer(Optimizer):
             progress.close()
         adapter_dir = atomic_save_adapter(trainer.model, output_dir / "adapter")
         plot_training_curve(output_dir / "metrics.jsonl", output_dir / "training_curve.png",
-                            title=f"ORPO ({cfg.impl}) λ={cfg.beta}")
+                            title=f"{self.display_name} ({cfg.impl}) β={cfg.beta}")
         metrics = summarize(result.metrics, output_dir / "metrics.jsonl", global_step=trainer.state.global_step)
         metrics["pairs"] = float(len(features))
         write_json(output_dir / "train_summary.json", metrics)
@@ -123,24 +139,27 @@ def summarize(train_metrics: dict[str, Any], metrics_jsonl: Path, *, global_step
 
 
 def build_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[str, Any]], *, output_dir: Path,
-                  ctx: RunContext, callbacks: Sequence[Any] = ()) -> Any:
+                  ctx: RunContext, callbacks: Sequence[Any] = (), trainer_cls: type | None = None,
+                  trainer_kwargs: dict[str, Any] | None = None, name: str = "ORPO") -> Any:
     """The configured trainer (MINT's :class:`OrpoTrainer` or TRL's), callbacks attached, not yet run."""
     seed = resolve_seed(cfg, ctx)
     common = training_arguments_kwargs(cfg, output_dir=output_dir, seed=seed)
-    cbs = [ProgressCallback(ctx, description=f"ORPO ({cfg.impl})"), MetricsLoggerCallback(output_dir / "metrics.jsonl"),
+    cbs = [ProgressCallback(ctx, description=f"{name} ({cfg.impl})"), MetricsLoggerCallback(output_dir / "metrics.jsonl"),
            *callbacks]
     if cfg.impl == "trl":
         from mint_orpo.trl_impl import build_trl_trainer
 
         trainer = build_trl_trainer(cfg, sm, features, args_kwargs=common, callbacks=cbs)
     else:
-        trainer = build_mint_trainer(cfg, sm, features, args_kwargs=common, callbacks=cbs, ctx=ctx)
+        trainer = build_mint_trainer(cfg, sm, features, args_kwargs=common, callbacks=cbs, ctx=ctx,
+                                     trainer_cls=trainer_cls, trainer_kwargs=trainer_kwargs)
     remove_printer_callbacks(trainer)
     return trainer
 
 
 def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[str, Any]], *,
-                       args_kwargs: dict[str, Any], callbacks: Sequence[Any], ctx: RunContext | None = None) -> Any:
+                       args_kwargs: dict[str, Any], callbacks: Sequence[Any], ctx: RunContext | None = None,
+                       trainer_cls: type | None = None, trainer_kwargs: dict[str, Any] | None = None) -> Any:
     from transformers import TrainingArguments
 
     from mint_orpo.trainer import OrpoTrainer, PairCollator, choose_packing
@@ -152,12 +171,13 @@ def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[st
         disable_dropout_in_model(model)
     packed, mask_kind, reason = choose_packing(model, cfg.packing, features)
     if ctx is not None:
-        ctx.log(f"ORPO: {'packed' if packed else 'two-sequence'} batches ({reason}), {len(features)} pairs")
+        ctx.log(f"{trainer_cls.__name__ if trainer_cls else 'ORPO'}: {'packed' if packed else 'two-sequence'} batches ({reason}), {len(features)} pairs")
     pad_id = getattr(sm, "pad_token_id", None)
     if pad_id is None:
         tok = getattr(sm.processor, "tokenizer", sm.processor)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     args = TrainingArguments(**args_kwargs)
-    return OrpoTrainer(model=model, args=args, train_dataset=features,
+    trainer_cls = trainer_cls or OrpoTrainer
+    return trainer_cls(model=model, args=args, train_dataset=features,
                        data_collator=PairCollator(pad_id=int(pad_id), packed=packed, nll_on_prompt=cfg.nll_on_prompt),
-                       callbacks=list(callbacks), beta=cfg.beta, mask_kind=mask_kind)
+                       callbacks=list(callbacks), beta=cfg.beta, mask_kind=mask_kind, **(trainer_kwargs or {}))

@@ -64,12 +64,21 @@ class OrpoTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         stats = forward_pairs(model, inputs, mask_kind=self.mask_kind)
-        loss, metrics = orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], self.beta)
+        loss, metrics = self.pair_loss(stats)
         for key, value in metrics.items():
             self._stored[key].append(float(self.accelerator.gather_for_metrics(value.reshape(1)).mean()))
         if return_outputs:
             return loss, {**stats, **metrics}
         return loss
+
+    def pair_loss(self, stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of a batch from its pair statistics (``chosen_logps`` and ``rejected_logps``: mean
+        per-token log-probabilities of each answer; ``nll``), and its metrics to log.
+
+        Subclasses swap the objective and keep everything else (packing, logging, checkpoints):
+        the example plugin ``mint-simpo`` overrides only this method.
+        """
+        return orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], self.beta)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Mean of the metrics of every micro-batch since the last log (as TRL does).

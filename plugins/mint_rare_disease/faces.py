@@ -213,8 +213,8 @@ TERM_EFFECTS: dict[str, dict[str, float]] = {
 
 #: Strength of an inherited ancestor effect and of the hashed per-term perturbation.
 INHERITED_WEIGHT = 0.7
-HASHED_DELTA = 0.45
-JITTER_SD = 0.12
+HASHED_DELTA = 0.8
+JITTER_SD = 0.06
 
 
 def _hashed_effect(term_id: str) -> dict[str, float]:
@@ -281,17 +281,17 @@ def draw_face(params: FaceParams, *, size: int = 128, offset: tuple[float, float
     draw = ImageDraw.Draw(image)
     width = max(1, round((1.2 + 0.6 * max(0.0, p.coarseness)) * s))
     cx, cy = size / 2 + offset[0] * s, size / 2 + 4 * s + offset[1] * s
-    half_w = 38 * s * (1 + 0.11 * p.head_size) * (1 + 0.09 * p.head_width)
-    half_h = 48 * s * (1 + 0.11 * p.head_size) * (1 + 0.08 * p.face_length - 0.04 * p.head_width)
-    tilt = 0.05 * p.asymmetry  # plagiocephaly / asymmetry: a slight roll of the whole face
+    half_w = 36 * s * (1 + 0.14 * p.head_size) * (1 + 0.14 * p.head_width)
+    half_h = 46 * s * (1 + 0.14 * p.head_size) * (1 + 0.13 * p.face_length - 0.05 * p.head_width)
+    tilt = 0.09 * p.asymmetry  # plagiocephaly / asymmetry: a slight roll of the whole face
 
     # Ears first: the face outline covers their inner half.
-    ear_y = cy - 0.05 * half_h + 0.16 * half_h * p.ear_low
-    ear_rx = 5.5 * s * (1 + 0.2 * p.ear_size + 0.35 * p.ear_protrusion)
-    ear_ry = 10 * s * (1 + 0.22 * p.ear_size)
+    ear_y = cy - 0.05 * half_h + 0.28 * half_h * p.ear_low
+    ear_rx = 5.5 * s * (1 + 0.3 * p.ear_size + 0.45 * p.ear_protrusion)
+    ear_ry = 10 * s * (1 + 0.35 * p.ear_size)
     for side in (-1, 1):
-        angle = side * 0.28 * p.ear_rotation
-        ex = cx + side * (half_w - 1.5 * s + 2.5 * s * p.ear_protrusion)
+        angle = side * 0.45 * p.ear_rotation
+        ex = cx + side * (half_w - 1.5 * s + 4.0 * s * p.ear_protrusion)
         draw.polygon(_rotated_ellipse(ex, ear_y + side * tilt * half_w, ear_rx, ear_ry, angle), fill=SKIN, outline=LINE)
 
     # Head outline: an ellipse whose lower half follows the jaw and chin, upper half the forehead.
@@ -300,53 +300,53 @@ def draw_face(params: FaceParams, *, size: int = 128, offset: tuple[float, float
         t = 2 * math.pi * i / 72
         x, y = math.cos(t), math.sin(t)  # y > 0 is the lower half (image coordinates)
         if y > 0:
-            x *= 1 + 0.10 * p.jaw * y - 0.22 * p.chin_point * y * y + 0.06 * p.cheeks * (1 - y)
-            y *= 1 + 0.07 * p.jaw + 0.03 * p.chin_point
+            x *= 1 + 0.16 * p.jaw * y - 0.30 * p.chin_point * y * y + 0.12 * p.cheeks * (1 - y)
+            y *= 1 + 0.12 * p.jaw + 0.05 * p.chin_point
         else:
-            x *= 1 + 0.08 * p.forehead_width * (-y)
-            y *= 1 + 0.04 * p.forehead_prominence
+            x *= 1 + 0.15 * p.forehead_width * (-y)
+            y *= 1 + 0.07 * p.forehead_prominence
         px, py = cx + x * half_w, cy + y * half_h
         outline.append((px, py + tilt * (px - cx)))
     draw.polygon(outline, fill=SKIN, outline=LINE)
 
     # Hair above the hairline: a chord of the head ellipse, lighter when sparse.
-    hairline = cy - half_h * (0.62 + 0.10 * p.forehead_height)
+    hairline = cy - half_h * (0.60 + 0.16 * p.forehead_height)
     v = max(-0.99, min(0.99, (hairline - cy) / half_h))
     a = math.degrees(math.asin(v))
-    hair_color = _mix(HAIR, SKIN, 0.35 * max(0.0, -p.hair_density) + 0.1)
+    hair_color = _mix(HAIR, SKIN, 0.6 * max(0.0, -p.hair_density) + 0.1)
     box = [cx - half_w * 1.04, cy - half_h * 1.06, cx + half_w * 1.04, cy + half_h * 1.06]
     draw.chord(box, 180 - a, 360 + a, fill=hair_color)
 
     # Forehead prominence: a highlight (prominent) or shadow (sloping) patch.
     fh_y = (hairline + cy - 0.2 * half_h) / 2
-    shade = _mix(SKIN, (255, 235, 215) if p.forehead_prominence > 0 else (190, 150, 120), 0.35 * abs(p.forehead_prominence))
-    draw.ellipse([cx - 0.45 * half_w, fh_y - 0.10 * half_h, cx + 0.45 * half_w, fh_y + 0.10 * half_h], fill=shade)
+    shade = _mix(SKIN, (255, 235, 215) if p.forehead_prominence > 0 else (190, 150, 120), 0.6 * abs(p.forehead_prominence))
+    draw.ellipse([cx - 0.45 * half_w, fh_y - 0.12 * half_h, cx + 0.45 * half_w, fh_y + 0.12 * half_h], fill=shade)
 
     # Cheeks: flat midface shows as shadow, full cheeks as round highlights.
     cheek_y = cy + 0.22 * half_h
-    cheek_tone = _mix(SKIN, (200, 160, 130), 0.3 * max(0.0, -p.midface)) if p.midface < 0 else \
-        _mix(SKIN, (235, 180, 165), 0.3 * max(0.0, p.cheeks))
-    cheek_r = 0.14 * half_w * (1 + 0.3 * max(0.0, p.cheeks))
+    cheek_tone = _mix(SKIN, (185, 140, 110), 0.55 * max(0.0, -p.midface)) if p.midface < 0 else \
+        _mix(SKIN, (235, 150, 140), 0.55 * max(0.0, p.cheeks))
+    cheek_r = 0.15 * half_w * (1 + 0.45 * max(0.0, p.cheeks))
     for side in (-1, 1):
         x = cx + side * 0.55 * half_w
         draw.ellipse([x - cheek_r, cheek_y - cheek_r, x + cheek_r, cheek_y + cheek_r], fill=cheek_tone)
 
     # Eyes.
-    eye_y = cy - 0.12 * half_h - 0.03 * half_h * p.midface
-    eye_dx = half_w * (0.37 + 0.085 * p.eye_spacing)
-    eye_rx = 7.0 * s * (1 + 0.16 * p.eye_length)
-    eye_ry = 3.6 * s * (1 + 0.18 * p.eye_opening - 0.08 * p.eye_depth)
-    slant = 0.22 * p.eye_tilt
+    eye_y = cy - 0.12 * half_h - 0.05 * half_h * p.midface
+    eye_dx = half_w * (0.37 + 0.12 * p.eye_spacing)
+    eye_rx = 7.0 * s * (1 + 0.25 * p.eye_length)
+    eye_ry = 3.6 * s * (1 + 0.28 * p.eye_opening - 0.12 * p.eye_depth)
+    slant = 0.35 * p.eye_tilt
     for side in (-1, 1):
         ex, ey = cx + side * eye_dx, eye_y + tilt * side * eye_dx
         if p.eye_depth > 0:  # deep-set: a shadow around the eye
             r = eye_rx * 1.25
             draw.ellipse([ex - r, ey - eye_ry * 2.0, ex + r, ey + eye_ry * 2.0],
-                         fill=_mix(SKIN, (170, 130, 105), 0.35 * p.eye_depth))
+                         fill=_mix(SKIN, (150, 105, 85), 0.6 * p.eye_depth))
         # the outer corner (away from the midline) goes up for upslanting fissures
         almond = _rotated_ellipse(ex, ey, eye_rx, eye_ry, side * slant, n=20)
         draw.polygon(almond, fill=SCLERA)
-        iris_r = min(eye_ry * 0.95, eye_rx * 0.6) * (1 + 0.15 * max(0.0, -p.eye_depth))
+        iris_r = min(eye_ry * 0.95, eye_rx * 0.6) * (1 + 0.25 * max(0.0, -p.eye_depth))
         draw.ellipse([ex - iris_r, ey - iris_r, ex + iris_r, ey + iris_r], fill=IRIS)
         if p.ptosis > 0:  # upper lid droops over the eye
             lid = ey - eye_ry * (1.0 - 0.55 * min(1.5, p.ptosis))
@@ -354,13 +354,13 @@ def draw_face(params: FaceParams, *, size: int = 128, offset: tuple[float, float
         draw.polygon(almond, outline=LINE)
         if p.epicanthus > 0.2:  # a fold over the inner corner
             inner = ex - side * eye_rx
-            fold = 2.5 * s * min(1.5, p.epicanthus)
+            fold = 3.5 * s * min(1.5, p.epicanthus)
             draw.line([(inner, ey - eye_ry), (inner + side * fold, ey + eye_ry * 0.6)], fill=LINE, width=width)
         # eyebrow
         brow_y = ey - eye_ry - 5 * s
-        arch = 2.0 * s * (1 + 0.8 * p.brow_arch)
-        brow_w = max(1, round(s * (2.0 + 1.2 * p.brow_thickness)))
-        brow_color = _mix(HAIR, SKIN, 0.5 * max(0.0, -p.brow_thickness))
+        arch = 2.0 * s * (1 + 1.2 * p.brow_arch)
+        brow_w = max(1, round(s * (2.0 + 1.6 * p.brow_thickness)))
+        brow_color = _mix(HAIR, SKIN, 0.7 * max(0.0, -p.brow_thickness))
         pts = [(ex - side * eye_rx * 1.1, brow_y + 1 * s), (ex, brow_y - arch), (ex + side * eye_rx * 1.2, brow_y + 1.5 * s)]
         draw.line(pts, fill=brow_color, width=brow_w)
         if p.synophrys > 0.4 and side == 1:
@@ -368,31 +368,31 @@ def draw_face(params: FaceParams, *, size: int = 128, offset: tuple[float, float
                       fill=brow_color, width=max(1, brow_w - 1))
 
     # Nose: bridge to tip.
-    tip_y = eye_y + half_h * (0.36 + 0.07 * p.nose_length)
-    nose_w = 5.5 * s * (1 + 0.25 * p.nose_width + 0.1 * max(0.0, p.coarseness))
-    bridge_top = eye_y + (2 - 3.0 * p.nasal_bridge) * s
+    tip_y = eye_y + half_h * (0.36 + 0.11 * p.nose_length)
+    nose_w = 5.5 * s * (1 + 0.4 * p.nose_width + 0.15 * max(0.0, p.coarseness))
+    bridge_top = eye_y + (2 - 5.0 * p.nasal_bridge) * s
     for side in (-1, 1):
         draw.line([(cx + side * 1.8 * s, bridge_top), (cx + side * nose_w * 0.8, tip_y - 2 * s)], fill=LINE, width=width)
-    tip_r = 2.4 * s * (1 + 0.45 * p.nose_tip)
+    tip_r = 2.4 * s * (1 + 0.7 * p.nose_tip)
     draw.arc([cx - tip_r, tip_y - tip_r, cx + tip_r, tip_y + tip_r], 10, 170, fill=LINE, width=width)
-    nostril = 1.2 * s * (1 + 0.8 * max(0.0, p.nares))
+    nostril = 1.2 * s * (1 + 1.2 * max(0.0, p.nares))
     for side in (-1, 1):
         nx = cx + side * nose_w * 0.6
         draw.ellipse([nx - nostril, tip_y - nostril * 0.6, nx + nostril, tip_y + nostril * 0.6],
                      fill=_mix(SKIN, LINE, 0.4 + 0.3 * max(0.0, p.nares)))
 
     # Philtrum: two ridges from the nose to the upper lip, faint when smooth.
-    lip_y = tip_y + 6.5 * s * (1 + 0.3 * p.philtrum_length)
+    lip_y = tip_y + 6.5 * s * (1 + 0.45 * p.philtrum_length)
     ridge = _mix(LINE, SKIN, 0.45 + 0.4 * max(-1.0, min(1.0, p.philtrum_smooth)))
     for side in (-1, 1):
         draw.line([(cx + side * 1.5 * s, tip_y + tip_r), (cx + side * 2.0 * s, lip_y - 1)], fill=ridge, width=max(1, round(s)))
 
     # Mouth: upper and lower lip polygons; corners turn down, the mouth may stay open.
-    mouth_w = 11 * s * (1 + 0.2 * p.mouth_width)
-    upper = 2.2 * s * (1 + 0.35 * p.upper_lip)
-    lower = 2.8 * s * (1 + 0.35 * p.lower_lip)
-    corner_y = lip_y + 2.2 * s * p.mouth_corners
-    gap = 1.8 * s * max(0.0, p.mouth_open)
+    mouth_w = 11 * s * (1 + 0.35 * p.mouth_width)
+    upper = 2.2 * s * (1 + 0.55 * p.upper_lip)
+    lower = 2.8 * s * (1 + 0.55 * p.lower_lip)
+    corner_y = lip_y + 3.5 * s * p.mouth_corners
+    gap = 3.0 * s * max(0.0, p.mouth_open)
     left, right = cx - mouth_w, cx + mouth_w
     draw.polygon([(left, corner_y), (cx - mouth_w * 0.35, lip_y - upper), (cx, lip_y - upper * 0.7),
                   (cx + mouth_w * 0.35, lip_y - upper), (right, corner_y), (cx, lip_y)], fill=LIPS)
@@ -407,7 +407,7 @@ def render_face(term_ids: Iterable[str], *, key: str, size: int = 128) -> Image.
     """The synthetic face for a case with these facial terms; ``key`` seeds the per-case jitter."""
     params = face_params(term_ids, key=key)
     rng = random.Random(f"offset:{key}")
-    offset = (rng.uniform(-2.0, 2.0), rng.uniform(-2.0, 2.0))
+    offset = (rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0))
     return draw_face(params, size=size, offset=offset)
 
 
