@@ -46,7 +46,7 @@ def _component_options(func: Callable) -> Callable:
 
 def _resolve_run(registry: Registry, *, config_file: str | None, run_dir: str | None, name: str | None,
                  seed: int | None, overrides: tuple[str, ...], **components: str | None) -> tuple[dict, Path]:
-    from mint_core.config import load_config_file, parse_overrides, resolve
+    from mint_core.config import DEMO_DEFAULTS, load_config_file, parse_overrides, resolve
 
     file_layer: dict[str, Any] = {}
     saved = Path(run_dir) / "config.yaml" if run_dir else None
@@ -56,7 +56,9 @@ def _resolve_run(registry: Registry, *, config_file: str | None, run_dir: str | 
         file_layer = load_config_file(saved)  # a stage run on an existing run directory continues it
     flags = {kind: components.get(kind) for kind in KINDS}
     flags.update(name=name, seed=seed)
-    resolved = resolve(registry, file=file_layer, flags=flags, overrides=parse_overrides(overrides))
+    # Without a config file, runs are demo-sized (see DEMO_DEFAULTS; `mint validate` shows them).
+    resolved = resolve(registry, file=file_layer, flags=flags, overrides=parse_overrides(overrides),
+                       soft=None if file_layer else DEMO_DEFAULTS)
     if not (name or file_layer.get("name") or parse_overrides(overrides).get("name")):
         resolved["name"] = f"{resolved['task']['name']}-{resolved['teacher']['name']}-{resolved['optimizer']['name']}"
     return resolved, Path(run_dir) if run_dir else Path("runs") / resolved["name"]

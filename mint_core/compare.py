@@ -28,8 +28,7 @@ def run_comparison(run: Run, *, methods: Sequence[str] | None = None,
     for method in methods:
         if method != BASE_ROLE:
             run.registry.get("optimizer", method)  # fail before any work on a typo
-    shared = dict(parse_overrides(list(explicit_overrides)).get("optimizer") or {})
-    shared.pop("name", None)
+    shared = shared_optimizer_options(run, explicit_overrides)
 
     run.teach()
     trained: list[str] = []
@@ -49,6 +48,17 @@ def run_comparison(run: Run, *, methods: Sequence[str] | None = None,
     selected = {role: all_metrics[role] for role in roles_in_order(all_metrics) if role in [*roles, "teacher"]}
     write_comparison(run, selected)
     return selected
+
+
+def shared_optimizer_options(run: Run, explicit_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Options every optimizer of the grid shares: what the run's optimizer section sets away from
+    its component's defaults (config file, demo sizing), and every ``optimizer.*`` override."""
+    section = run.config["optimizer"]
+    defaults = {name: default for name, _, default, _ in run.registry.get("optimizer", section["name"]).config_fields()}
+    shared = {k: v for k, v in section.items() if k != "name" and k in defaults and v != defaults[k]}
+    shared.update(parse_overrides(list(explicit_overrides)).get("optimizer") or {})
+    shared.pop("name", None)
+    return shared
 
 
 def _fields(run: Run, optimizer: str) -> set[str]:

@@ -117,24 +117,42 @@ def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
+#: Demo-sized settings, the lowest layer of a run started without ``--config``: the offline demo
+#: must finish in minutes on 2 CPU cores. A config file, a saved run, or an override replaces them
+#: (``optimizer.max_steps=-1`` trains full epochs). Keys a component lacks are ignored.
+DEMO_DEFAULTS: dict[str, dict[str, Any]] = {"optimizer": {"max_steps": 24}, "eval": {"max_cases": 24}}
+
+
 def resolve(registry: Registry, *, file: Mapping[str, Any] | None = None, flags: Mapping[str, Any] | None = None,
-            overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Resolve a full run configuration; raises :class:`ConfigError` / ``UnknownComponentError``."""
-    layers = [file or {}, {k: ({"name": v} if k in SECTIONS else v) for k, v in (flags or {}).items() if v is not None},
-              overrides or {}]
-    explicit = _merge(*layers)
+            overrides: Mapping[str, Any] | None = None, soft: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve a full run configuration; raises :class:`ConfigError` / ``UnknownComponentError``.
+
+    Layers, lowest first: component defaults, ``soft`` (options applied only where the chosen
+    component has them, e.g. :data:`DEMO_DEFAULTS`), ``file``, ``flags``, ``overrides``. A file's
+    options for a section are dropped when a flag or override picks another component there.
+    """
+    file = dict(file or {})
+    flag_layer = {k: ({"name": v} if k in SECTIONS else v) for k, v in (flags or {}).items() if v is not None}
+    explicit = _merge(file, flag_layer, overrides or {})
 
     names = _pick_names(registry, explicit)
     resolved: dict[str, Any] = {"name": str(explicit.get("name") or "default"), "seed": int(explicit.get("seed", 0))}
     for kind in KINDS:
         spec = registry.get(kind, names[kind])
-        options = {k: v for k, v in (explicit.get(kind) or {}).items() if k != "name"}
+        valid = {name for name, *_ in spec.config_fields()}
+        file_section = dict(file.get(kind) or {})
+        if file_section.get("name") not in (None, spec.name):
+            file_section = {}  # the file configured another component for this section
+        options = {k: v for k, v in (soft or {}).get(kind, {}).items() if k in valid}
+        options.update(file_section)
+        options.update((overrides or {}).get(kind) or {})
+        options.pop("name", None)
         resolved[kind] = {"name": spec.name, **config_to_dict(build_config(spec.config, options, section=kind,
                                                                            component=spec.name))}
     from mint_core.evaluation import EvalConfig  # the core's own eval section
 
-    resolved["eval"] = config_to_dict(build_config(EvalConfig, explicit.get("eval") or {}, section="eval",
-                                                   component=None))
+    eval_options = {**(soft or {}).get("eval", {}), **(explicit.get("eval") or {})}
+    resolved["eval"] = config_to_dict(build_config(EvalConfig, eval_options, section="eval", component=None))
     return resolved
 
 

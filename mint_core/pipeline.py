@@ -186,13 +186,14 @@ class Run:
         main = self.config["builder"]["name"]
         return self.run_dir / ("preferences.jsonl" if builder == main else f"preferences.{builder}.jsonl")
 
-    def prefs(self, builder: str | None = None) -> Path:
+    def prefs(self, builder: str | None = None, *, quiet: bool = False) -> Path:
         section = self.builder_section(builder)
         name = section["name"]
         path = self.preferences_path(name)
         fp = fingerprint(self.section_fp("task", "teacher"), section)
         if self._is_done(f"prefs:{name}", fp, path):
-            self.ctx.log(f"[dim]prefs: already done, reusing {path.name}[/dim]")
+            if not quiet:
+                self.ctx.log(f"[dim]prefs: already done, reusing {path.name}[/dim]")
             return path
         seed_everything(self.ctx.seed)
         data, rankings = self.load_data(), self.load_rankings()
@@ -230,7 +231,7 @@ class Run:
         section = section or self.optimizer_section(optimizer)
         name = section["name"]
         builder = self.builder_for(name)
-        prefs_path = self.prefs(builder)
+        prefs_path = self.prefs(builder, quiet=True)
         out = self.student_dir(name)
         fp = fingerprint(self.section_fp("task", "teacher", "student"), self.builder_section(builder), section)
         if self._is_done(f"train:{name}", fp, out / "result.json"):

@@ -71,3 +71,23 @@ def test_validate_command_prints_resolved_yaml(registry, tmp_path):
     assert resolved["task"] == {"name": "keywords", "cases_per_label": 3, "noise": 0.3}
     result = invoke(["validate", "--config", str(cfg), "task.cases=3"])
     assert result.exit_code == 2 and "Did you mean 'cases_per_label'" in result.output
+
+
+def test_file_options_dropped_when_a_flag_picks_another_component():
+    file = {"optimizer": {"name": "orpo", "nll_on_prompt": False, "learning_rate": 1e-4}}
+    config = resolve(get_registry(), file=file, flags={"optimizer": "dpo"})
+    assert config["optimizer"]["name"] == "dpo" and "nll_on_prompt" not in config["optimizer"]
+    kept = resolve(get_registry(), file=file)
+    assert kept["optimizer"]["nll_on_prompt"] is False and kept["optimizer"]["learning_rate"] == 1e-4
+
+
+def test_demo_defaults_are_the_lowest_layer_and_skip_missing_keys():
+    from mint_core.config import DEMO_DEFAULTS
+
+    demo = resolve(get_registry(), soft=DEMO_DEFAULTS)
+    assert demo["optimizer"]["max_steps"] == DEMO_DEFAULTS["optimizer"]["max_steps"]
+    assert demo["eval"]["max_cases"] == DEMO_DEFAULTS["eval"]["max_cases"]
+    full = resolve(get_registry(), soft=DEMO_DEFAULTS, overrides=parse_overrides(["optimizer.max_steps=-1"]))
+    assert full["optimizer"]["max_steps"] == -1
+    rag = resolve(get_registry(), soft=DEMO_DEFAULTS, flags={"optimizer": "rag"})
+    assert "max_steps" not in rag["optimizer"]  # RAG trains nothing: the demo key is not forced on it

@@ -53,6 +53,23 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def _common_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
+    """The longest run of leading tokens all ``rows`` share ([] for no rows)."""
+    if not rows:
+        return []
+    shared: list[int] = []
+    for column in zip(*rows):
+        if any(token != column[0] for token in column):
+            break
+        shared.append(column[0])
+    return shared
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the vocabulary in at least float32 (bf16/fp16 logits are upcast, float64 kept)."""
+    return torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
+
+
 def _batches(items: Sequence[Any], size: int):
     size = max(1, int(size))
     for start in range(0, len(items), size):
@@ -189,44 +206,83 @@ class LlamaTextModel(StudentModel):
         return self.score(prompts=prompts, candidates=candidates, batch_size=batch_size, cached=False, end=end)
 
     def _score_cached(self, prompt: list[int], cands: list[list[int]], batch_size: int) -> list[float]:
+        if not cands:
+            return []
+        device = self.device
+        # Tokens every candidate starts with (evaluation's "Most likely diseases:\n1.") continue the
+        # prompt identically for all of them: run them once, as part of the prompt's forward.
+        shared = _common_prefix(cands)
+        context = prompt + shared
+        n_ctx = len(context)
+        # Only the positions that predict a shared token or a candidate's first token are projected
+        # to the vocabulary; the rest of the prompt is needed only as keys/values.
+        out = self.model(input_ids=torch.tensor([context], device=device), use_cache=True,
+                         logits_to_keep=len(shared) + 1)
+        ctx_logp = _log_probs(out.logits[0])
+        shared_sum = 0.0
+        if shared:
+            shared_sum = ctx_logp[:-1].gather(-1, torch.tensor(shared, device=device)[:, None]).double().sum().item()
+        next_logp = ctx_logp[-1].double()
+        context_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        suffixes = [c[len(shared):] for c in cands]
+        scores = [shared_sum + (next_logp[s[0]].item() if s else 0.0) for s in suffixes]
+        # The remaining tokens of many candidates go through one forward, packed into a single
+        # row on top of the (unexpanded) context cache: a 4D mask lets each candidate see the
+        # context and its own earlier tokens only, and its position ids restart after the context.
+        # A forward holds at most the tokens one naive batch of ``batch_size`` would.
+        pending = [i for i, s in enumerate(suffixes) if len(s) > 1]
+        budget = max(1, batch_size) * (len(prompt) + max(len(c) for c in cands))
+        pack_many = self._base_config()._attn_implementation in ("sdpa", "eager")
+        while pending:
+            chunk, used = [], 0
+            while pending and (not chunk or (pack_many and used + len(suffixes[pending[0]]) - 1 <= budget)):
+                used += len(suffixes[pending[0]]) - 1
+                chunk.append(pending.pop(0))
+            for i, total in zip(chunk, self._score_packed(context_kv, n_ctx, [suffixes[i] for i in chunk])):
+                scores[i] += total
+        return scores
+
+    def _score_packed(self, context_kv: list[tuple[torch.Tensor, torch.Tensor]], n_ctx: int,
+                      suffixes: list[list[int]]) -> list[float]:
+        """Sum log-probability of tokens 2.. of each suffix (each at least 2 tokens) after the cached context."""
         from transformers import DynamicCache
 
         device = self.device
-        # Only the prompt's last position is projected to the vocabulary: it predicts each
-        # candidate's first token; the rest of the prompt is needed only as keys/values.
-        out = self.model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
-        first_logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        prompt_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
-        n_prompt = len(prompt)
-        scores: list[float] = []
-        for chunk in _batches(cands, batch_size):
-            ids, mask = self._right_pad(chunk)
-            total = first_logp[ids[:, 0]].double().where(mask[:, 0].bool(), 0.0)
-            if ids.shape[1] > 1:
-                # Feed every candidate token but the last (its logits would predict nothing we score)
-                # on top of a fresh copy of the prompt's cache, expanded along the batch: the update
-                # concatenates, so the shared prompt tensors are never written to.
-                size = ids.shape[0]
-                cache = DynamicCache([(k.expand(size, -1, -1, -1), v.expand(size, -1, -1, -1)) for k, v in prompt_kv],
-                                     config=self._base_config())
-                inputs = ids[:, :-1]
-                attention = torch.cat([torch.ones(size, n_prompt, dtype=mask.dtype, device=device), mask[:, :-1]], 1)
-                positions = torch.arange(n_prompt, n_prompt + inputs.shape[1], device=device).expand(size, -1)
-                logits = self.model(input_ids=inputs, attention_mask=attention, position_ids=positions,
-                                    cache=cache, use_cache=True).logits
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1).double().where(mask[:, 1:].bool(), 0.0)
-                total = total + token_logp.sum(-1)
-            scores += total.tolist()
-        return scores
+        inputs = [t for s in suffixes for t in s[:-1]]
+        targets = [t for s in suffixes for t in s[1:]]
+        segment = torch.tensor([j for j, s in enumerate(suffixes) for _ in s[:-1]], device=device)
+        offset = torch.tensor([k for s in suffixes for k in range(len(s) - 1)], device=device)
+        n = len(inputs)
+        mask = None
+        if len(suffixes) > 1:
+            # Query q may see key k (packed index) iff same candidate and k <= q; all of the context.
+            own = (segment[:, None] == segment[None, :]) & (offset[:, None] >= offset[None, :])
+            allowed = torch.cat([torch.ones(n, n_ctx, dtype=torch.bool, device=device), own], dim=1)[None, None]
+            if self._base_config()._attn_implementation == "sdpa":
+                mask = allowed
+            else:  # eager adds the mask to the attention scores
+                dtype = context_kv[0][0].dtype
+                mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+                    ~allowed, torch.finfo(dtype).min)
+        # A fresh cache per forward: its update concatenates, so the context tensors stay untouched.
+        cache = DynamicCache(list(context_kv), config=self._base_config())
+        logits = self.model(input_ids=torch.tensor([inputs], device=device), attention_mask=mask,
+                            position_ids=(offset + n_ctx)[None], cache=cache, use_cache=True).logits[0]
+        token_logp = _log_probs(logits).gather(
+            -1, torch.tensor(targets, device=device)[:, None]).squeeze(-1).double()
+        totals = torch.zeros(len(suffixes), dtype=torch.float64, device=device).index_add_(0, segment, token_logp)
+        return totals.tolist()
 
     def _score_naive(self, prompt: list[int], cands: list[list[int]], batch_size: int) -> list[float]:
         n_prompt = len(prompt)
         scores: list[float] = []
         for chunk in _batches(cands, batch_size):
             ids, mask = self._right_pad([prompt + c for c in chunk])
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-            logp = torch.log_softmax(logits[:, n_prompt - 1:-1].float(), dim=-1)
+            # Full forward over prompt + candidate, but only the positions that predict a candidate
+            # token are projected to the vocabulary (what any sensible reference would do).
+            keep = ids.shape[1] - n_prompt + 1
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+            logp = _log_probs(logits[:, :-1])
             targets = ids[:, n_prompt:]
             token_logp = logp.gather(-1, targets[..., None]).squeeze(-1).double().where(mask[:, n_prompt:].bool(), 0.0)
             scores += token_logp.sum(-1).tolist()
