@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mint-simpo"
 
 def test_example_plugin_installed_is_listed_with_its_version(tmp_path):
     target = tmp_path / "site"
-    # A real pip install (no dependencies: MINT itself is already installed), into a private folder.
+    source = shutil.copytree(EXAMPLE, tmp_path / "mint-simpo", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    # A real pip install (no dependencies: MINT itself is already installed), into a private folder;
+    # built from a copy so the checkout stays clean.
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(EXAMPLE)], check=True, capture_output=True, text=True)
+                    "--target", str(target), str(source)], check=True, capture_output=True, text=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "mint_core.cli", "plugins", "list", "--json"], env=env,
                          capture_output=True, text=True, check=True)
