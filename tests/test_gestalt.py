@@ -173,3 +173,22 @@ def test_the_image_adds_what_the_notes_lack(tmp_path):
     assert scores["text"]["top2"] >= 0.9  # the notes do find the right pair
     assert scores["both"]["top1"] >= 0.75
     assert scores["both"]["top1"] >= scores["text"]["top1"] + 0.2, scores
+
+
+def test_per_branch_logits_share_one_pass_and_mask_the_other_branch(fitted):
+    data, ctx, teacher, _ = fitted
+    torch.manual_seed(0)
+    net = teacher.model.eval()
+    text, images = torch.randn(3, net.text_proj[0].in_features), torch.randn(3, 3, 32, 32)
+    on = torch.ones(3, dtype=torch.bool)
+    with torch.no_grad():
+        fused, alone = net(text=text, text_mask=on, images=images, image_mask=on, per_branch=True)
+        assert len(alone) == 2 and torch.equal(fused, net(text=text, text_mask=on, images=images, image_mask=on))
+        # "text alone" is exactly the fused logits of a case without an image, and vice versa
+        assert torch.allclose(alone[0], net(text=text, text_mask=on, images=images, image_mask=~on), atol=1e-6)
+        assert torch.allclose(alone[1], net(text=text, text_mask=~on, images=images, image_mask=on), atol=1e-6)
+    single = GestaltTeacher(replace(TINY, modalities="text"))._build(len(data.labels), ctx, pretrained=False)
+    assert single(text=text, text_mask=on, per_branch=True)[1] == []
+    # the auxiliary weight changes the trained weights, so it is part of the checkpoint fingerprint
+    other = GestaltTeacher(replace(TINY, branch_loss=0.0))
+    assert other._fingerprint(data, *other._split(data, 0), 0) != teacher.meta["fingerprint"]

@@ -117,6 +117,50 @@ def test_cached_score_matches_naive(model):
     assert with_end[0][0] < cached[0][0]
 
 
+RANKING = [f"Most likely diseases:\n1. {name}\n" for name in
+           ("Marfan syndrome", "Angelman syndrome", "Noonan syndrome", "Kabuki syndrome", "Down syndrome",
+            "Fabry disease", "Marfan syndrome")] + ["Most likely diseases:\n1.", "Most likely diseases:\n1. X"]
+
+
+def _count_forwards(model) -> list[int]:
+    calls: list[int] = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape[1]),
+                                          with_kwargs=True)
+    return calls
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_ranking_candidates_share_the_prefix_and_pack_into_one_forward(student, ctx, attn):
+    # Evaluation's ranking candidates share "Most likely diseases:\n1." and differ in a few tokens; a
+    # duplicate, a candidate that is only the shared prefix and a one-token-longer one are edge cases.
+    torch.manual_seed(0)
+    model = student.load(ctx=ctx)
+    model.model.set_attn_implementation(attn)
+    calls = _count_forwards(model)
+    cached = model.score(prompts=PROMPTS[:2], candidates=RANKING, batch_size=8)
+    # Per prompt: one forward for prompt + shared prefix, one for every candidate's remaining tokens.
+    assert len(calls) == 4, calls
+    naive = model.score_naive(prompts=PROMPTS[:2], candidates=RANKING, batch_size=3)
+    assert (torch.tensor(cached) - torch.tensor(naive)).abs().max().item() <= 1e-5
+    assert cached[0][0] == pytest.approx(cached[0][6], abs=1e-5)  # same candidate, same score
+    # A forward holds at most the tokens of batch_size naive rows: with batch_size=1 and many candidates
+    # they spread over several packed forwards, with the same scores.
+    calls.clear()
+    small = model.score(prompts=PROMPTS[:1], candidates=RANKING * 6, batch_size=1)
+    assert len(calls) > 2 and max(calls[1:]) <= calls[0] + max(len(model.completion_ids(c, end=False)) for c in RANKING)
+    assert (torch.tensor(small[0]) - torch.tensor(cached[0] * 6)).abs().max().item() <= 1e-5
+
+
+def test_cached_score_is_exact_in_float64(tiny_dir, ctx):
+    # In float64 the model's own rounding is ~1e-15: any difference left would be the method's.
+    config = LlamaTextConfig(model=str(tiny_dir), dtype="float64", device="cpu")
+    model = mint_llama.student.LlamaTextStudent(config).load(ctx=ctx)
+    assert next(model.model.parameters()).dtype == torch.float64
+    cached = model.score(prompts=PROMPTS, candidates=RANKING + CANDIDATES, batch_size=4)
+    naive = model.score_naive(prompts=PROMPTS, candidates=RANKING + CANDIDATES, batch_size=4)
+    assert (torch.tensor(cached, dtype=torch.float64) - torch.tensor(naive, dtype=torch.float64)).abs().max() < 1e-10
+
+
 def test_adapter_roundtrip_gives_identical_scores(student, ctx, model, tmp_path):
     trainable = student.load(ctx=ctx, trainable=True)
     n_trainable = sum(p.numel() for p in trainable.model.parameters() if p.requires_grad)

@@ -1,8 +1,9 @@
 """The ``gestalt`` teacher: a facial + clinical-notes encoder trained on the task's cases.
 
 A timm CNN embeds the face, all-MiniLM-L6-v2 (frozen, embeddings cached) embeds the notes; the
-projected embeddings are concatenated and an MLP ranks the whole label space. ``modalities``
-drops a branch, to measure what the second modality adds.
+projected embeddings are concatenated and an MLP ranks the whole label space. While training,
+each branch alone is also scored (``branch_loss``), so the fast-fitting notes do not starve the
+face CNN. ``modalities`` drops a branch, to measure what the second modality adds.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class GestaltConfig:
     dropout: float = field(default=0.2, metadata={"help": "Dropout in the fusion MLP."})
     modality_dropout: float = field(default=0.1, metadata={
         "help": "Training-time chance of hiding one branch of a case (with 'both'), so neither dominates."})
+    branch_loss: float = field(default=1.0, metadata={
+        "help": "Weight of the auxiliary losses of each branch alone (with 'both'), so the face CNN keeps learning "
+                "after the notes fit the training cases. 0 = fused loss only."})
     epochs: int = field(default=40, metadata={"help": "Maximum training epochs."})
     patience: int = field(default=10, metadata={"help": "Stop after this many epochs without a better validation loss."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})

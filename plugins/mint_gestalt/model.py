@@ -59,7 +59,10 @@ class GestaltNet(nn.Module):
                                   nn.Dropout(dropout), nn.Linear(hidden_dim, n_labels))
 
     def forward(self, *, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
-                images: torch.Tensor | None = None, image_mask: torch.Tensor | None = None) -> torch.Tensor:
+                images: torch.Tensor | None = None, image_mask: torch.Tensor | None = None,
+                per_branch: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Fused logits; with ``per_branch`` (and two branches) also the logits of each branch alone
+        (the other one masked as missing), from the same embeddings: one CNN pass serves all three."""
         parts, masks = [], []
         if self.use_text:
             mask = text_mask.float().unsqueeze(-1)
@@ -69,4 +72,12 @@ class GestaltNet(nn.Module):
             mask = image_mask.float().unsqueeze(-1)
             parts.append(self.image_proj(self.image_encoder(images)) * mask)
             masks.append(mask)
-        return self.head(torch.cat(parts + masks, dim=-1))
+        fused = self.head(torch.cat(parts + masks, dim=-1))
+        if not per_branch:
+            return fused
+        alone = []
+        if len(parts) > 1:
+            for keep in range(len(parts)):
+                alone.append(self.head(torch.cat([part if i == keep else torch.zeros_like(part) for i, part in enumerate(parts)]
+                                                 + [mask if i == keep else torch.zeros_like(mask) for i, mask in enumerate(masks)], dim=-1)))
+        return fused, alone

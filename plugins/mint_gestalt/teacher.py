@@ -157,7 +157,8 @@ class GestaltTeacher(Teacher):
         return _Inputs(texts, text, text_mask, images, image_mask)
 
     # -- forward -------------------------------------------------------------------------------
-    def _forward(self, inputs: _Inputs, idx: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _forward(self, inputs: _Inputs, idx: torch.Tensor, *, generator: torch.Generator | None = None,
+                 per_branch: bool = False):
         """Logits for cases ``idx``; ``generator`` set means training (augmentation, modality dropout)."""
         model, device = self.model, self.device
         text_mask = inputs.text_mask[idx].to(device)
@@ -182,7 +183,7 @@ class GestaltTeacher(Teacher):
             if generator is not None and self.config.augment:
                 images = augment(images, generator)
             kwargs.update(images=images, image_mask=image_mask)
-        return model(**kwargs)
+        return model(**kwargs, per_branch=per_branch)
 
     @torch.no_grad()
     def _recalibrate_batchnorm(self, inputs: _Inputs) -> None:
@@ -296,8 +297,13 @@ class GestaltTeacher(Teacher):
                 batches.pop()  # BatchNorm cannot train on a single example
             total = 0.0
             for idx in batches:
-                loss = nn.functional.cross_entropy(self._forward(train_in, idx, generator=generator),
-                                                   y_train[idx].to(self.device))
+                target = y_train[idx].to(self.device)
+                logits, alone = self._forward(train_in, idx, generator=generator, per_branch=True)
+                loss = nn.functional.cross_entropy(logits, target)
+                # Each branch alone must also classify: otherwise the notes, fitted within a few epochs,
+                # drive the loss to zero and the slower face CNN stops receiving a gradient.
+                for branch_logits in (alone if c.branch_loss > 0 else []):
+                    loss = loss + c.branch_loss * nn.functional.cross_entropy(branch_logits, target) / len(alone)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -38,7 +38,8 @@ class RareDiseaseConfig:
     min_disease_facial_terms: int = _opt(4, "hpo-sim pool: ... and at least this many facial terms")
     min_terms: int = _opt(3, "hpo-sim: fewest non-facial findings per patient")
     max_terms: int = _opt(7, "hpo-sim: most non-facial findings per patient")
-    min_facial_terms: int = _opt(3, "hpo-sim: fewest facial findings per patient")
+    min_facial_terms: int = _opt(3, "hpo-sim: fewest facial findings per patient (a disease's facial profile is its gestalt: "
+                                          "a face showing 1-2 findings says little)")
     max_facial_terms: int = _opt(7, "hpo-sim: most facial findings per patient")
     imprecision: float = _opt(0.3, "hpo-sim: probability a finding is recorded as its parent term")
     noise_terms: int = _opt(2, "hpo-sim: up to this many unrelated findings per patient")
