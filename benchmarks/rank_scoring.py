@@ -10,7 +10,8 @@ cases of naive time / cached time (totals and medians are reported too).
 in float64, checked on ``--fp64-cases`` cases with a float64 copy of the student: it tests the
 method (KV cache, shared prefix, packed candidates), which is exact. The fp32 difference of the
 timed runs is reported as ``max_abs_diff_fp32``: it is fp32 rounding of the model (different
-matmul/attention shapes), as large as the naive path's own spread across batch sizes.
+matmul/attention shapes), of the size of the naive path's own spread across batch sizes
+(``naive_spread_fp32``: naive at one candidate per forward vs ``--batch-size``, case 0).
 
     python benchmarks/rank_scoring.py --json                 # default llama-text student (SmolLM2-135M)
     python benchmarks/rank_scoring.py --model /path/tiny --cases 6 --labels 10 --json
@@ -103,6 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
     diff_fp32 = max(abs(a - b) for rc, rn in zip(scores["cached"], scores["naive"]) for a, b in zip(rc, rn))
     same_argmax = sum(max(range(len(rc)), key=rc.__getitem__) == max(range(len(rn)), key=rn.__getitem__)
                       for rc, rn in zip(scores["cached"], scores["naive"]))
+    # Yardstick for the fp32 figure: the naive path against itself, one candidate per forward vs
+    # --batch-size per forward (same function, other matmul/attention shapes) on case 0.
+    few = candidates[:args.fp64_labels]
+    naive_spread = max(abs(a - b) for a, b in zip(
+        sm.score(prompts=prompts[:1], candidates=few, batch_size=1, cached=False)[0],
+        sm.score(prompts=prompts[:1], candidates=few, batch_size=args.batch_size, cached=False)[0]))
     diff_fp64 = fp64_parity(cfg, ctx, prompts[:args.fp64_cases], candidates[:args.fp64_labels], args.batch_size)
     ratios = [n / c for c, n in zip(times["cached"], times["naive"])]
     result = {
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_total": round(sum(times["naive"]) / sum(times["cached"]), 3),
         "cpu_speedup": round(statistics.median(n / c for c, n in zip(cpu_times["cached"], cpu_times["naive"])), 3),
         "max_abs_diff": diff_fp64, "max_abs_diff_fp64": diff_fp64, "max_abs_diff_fp32": diff_fp32,
+        "naive_spread_fp32": naive_spread,
         "fp64_check": f"{min(args.fp64_cases, len(prompts))} cases x {min(args.fp64_labels, len(candidates))} labels",
         "same_top1": f"{same_argmax}/{len(prompts)}",
     }

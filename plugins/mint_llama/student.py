@@ -188,9 +188,12 @@ class LlamaTextModel(StudentModel):
         passes ``format_answer([name], noun=...) + "\\n"``: the newline closes the name, so a name
         that is a prefix of another is not favoured). ``end=True`` also scores the end-of-turn token.
 
-        ``cached=True`` (default) runs each prompt once and scores every candidate from its KV
-        cache, ``batch_size`` candidates at a time; ``cached=False`` is the reference path (one
-        full prompt+candidate forward per candidate), kept for benchmarks and parity tests.
+        ``cached=True`` (default) runs each prompt once, together with the tokens all candidates
+        share, and scores the candidates' remaining tokens from its KV cache, packed into one row
+        per forward (at most the tokens of ``batch_size`` naive rows); ``cached=False`` is the
+        reference path (one full prompt+candidate forward per candidate, ``batch_size`` rows per
+        forward), kept for benchmarks and parity tests. Both compute the same function: they agree
+        to ~1e-14 in float64; in fp32 they differ by rounding (~1e-5 on SmolLM2-135M sums).
         """
         cand_ids = [self.completion_ids(text, end=end) for text in candidates]
         # Token log-probs are summed in float64 so the two paths differ only by the model's own
