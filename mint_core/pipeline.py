@@ -238,6 +238,7 @@ class Run:
             self.ctx.log(f"[dim]train: {name} already done, reusing {out}[/dim]")
             return out
         seed_everything(self.ctx.seed)
+        self._discard_stale_training(out, fp)
         self.load_data()
         examples = [PreferenceExample.from_dict(row) for row in io.read_jsonl(prefs_path)]
         spec = self.registry.get("optimizer", name)
@@ -252,6 +253,22 @@ class Run:
             "metrics": result.metrics, "seconds": round(time.perf_counter() - start, 1)})
         self._mark_done(f"train:{name}", fp)
         return out
+
+    def _discard_stale_training(self, out: Path, fp: str) -> None:
+        """Checkpoints resume a killed run only if they came from the same configuration: a changed
+        option (more steps, another learning rate) starts training afresh instead of resuming."""
+        marker = out / "fingerprint.json"
+        if marker.exists() and io.read_json(marker).get("fingerprint") != fp:
+            import shutil
+
+            self.ctx.log(f"train: the configuration changed since {out.name}'s checkpoints; training afresh")
+            for stale in ("checkpoints", "adapter", "metrics.jsonl", "result.json"):
+                target = out / stale
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        io.write_json(marker, {"fingerprint": fp})
 
     def evaluate(self, roles: Iterable[str], optimizer_sections: dict[str, dict[str, Any]] | None = None) -> dict:
         """Evaluate the base student and/or trained students; returns metrics.json's content."""

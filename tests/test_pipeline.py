@@ -77,3 +77,17 @@ def test_stage_without_previous_artifacts_says_what_to_run(registry, tmp_path):
     result = invoke(["prefs", "--teacher", "overlap", "--run-dir", str(tmp_path / "empty")])
     assert result.exit_code == 2
     assert "mint teach --run-dir" in result.output
+
+
+def test_changed_training_config_discards_stale_checkpoints(registry, tmp_path):
+    run = make_run(registry, tmp_path / "r")
+    run.teach(); run.prefs(); run.train()
+    stale = tmp_path / "r" / "students" / "counting" / "checkpoints" / "checkpoint-3"
+    stale.mkdir(parents=True)
+    again = make_run(registry, tmp_path / "r")  # same config: the checkpoints are kept for resuming
+    again.train()
+    assert stale.exists()
+    changed = make_run(registry, tmp_path / "r", "optimizer.crash_after=-2")
+    changed.train()
+    assert not stale.exists()
+    assert (tmp_path / "r" / "students" / "counting" / "table.json").exists()
