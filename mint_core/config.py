@@ -120,7 +120,10 @@ def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
 #: Demo-sized settings, the lowest layer of a run started without ``--config``: the offline demo
 #: must finish in minutes on 2 CPU cores. A config file, a saved run, or an override replaces them
 #: (``optimizer.max_steps=-1`` trains full epochs). Keys a component lacks are ignored.
-DEMO_DEFAULTS: dict[str, dict[str, Any]] = {"optimizer": {"max_steps": 24}, "eval": {"max_cases": 24}}
+DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "optimizer": {"max_steps": 16, "learning_rate": 5e-4},
+    "eval": {"max_cases": 16, "batch_size": 16, "mode": "both"},
+}
 
 
 def resolve(registry: Registry, *, file: Mapping[str, Any] | None = None, flags: Mapping[str, Any] | None = None,

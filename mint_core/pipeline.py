@@ -410,15 +410,17 @@ def roles_in_order(all_metrics: dict[str, Any]) -> list[str]:
     return [r for r in order if r in all_metrics] + sorted(r for r in all_metrics if r not in order)
 
 
-SHORT_NAMES = {"well_formed": "formed", "hallucination_rate": "halluc.", "teacher_top1_agreement": "T-agree",
+SHORT_NAMES = {"rank_top1": "r-top1", "rank_top3": "r-top3", "rank_top5": "r-top5", "rank_top10": "r-top10",
+               "well_formed": "formed", "hallucination_rate": "halluc.", "teacher_top1_agreement": "T-agree",
                "teacher_topk_coverage": "T-top-k", "teacher_bottomq_avoidance": "T-avoid"}
 
 
 def metrics_table(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results") -> Table:
     """The closing summary: one row per role (teacher, base, each aligned student)."""
     columns = metric_columns(all_metrics)
-    table = Table(title=title, caption="formed: well-formed answers; halluc.: listed names matching no label; "
-                                       "T-: agreement with the teacher (top-1, top-k coverage, bottom-q avoidance)")
+    table = Table(title=title, caption="r-: ranking mode (labels scored by log-likelihood); formed: well-formed "
+                                       "answers; halluc.: listed names matching no label; T-: agreement with the "
+                                       "teacher (top-1, top-k coverage, bottom-q avoidance)")
     table.add_column("role", style="bold", no_wrap=True)
     for column in columns:
         table.add_column(SHORT_NAMES.get(column, column), justify="right", no_wrap=True)
