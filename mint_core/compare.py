@@ -18,7 +18,10 @@ PAPER_ORDER = ["rag", "sft", "dpo", "kto", "orpo"]
 
 
 def default_methods(run: Run) -> list[str]:
-    installed = run.registry.names("optimizer")
+    """base, the paper's methods, then every other installed optimizer that serves this student's modality."""
+    modality = getattr(run.component("student"), "modality", "text")
+    installed = [name for name in run.registry.names("optimizer")
+                 if modality in getattr(type(run.registry.create("optimizer", name)), "modalities", (modality,))]
     return [BASE_ROLE] + [m for m in PAPER_ORDER if m in installed] + [m for m in installed if m not in PAPER_ORDER]
 
 

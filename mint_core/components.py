@@ -123,6 +123,8 @@ class Optimizer(ABC):
 
     #: The preference builder whose examples this optimizer consumes by default.
     default_builder: ClassVar[str] = "topk"
+    #: Student modalities it can align; ``mint compare`` leaves it out of grids it cannot serve.
+    modalities: ClassVar[tuple[Modality, ...]] = ("text", "image")
 
     @abstractmethod
     def train(self, *, student: Student, examples: Sequence[PreferenceExample], output_dir: Path,

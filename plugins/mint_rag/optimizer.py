@@ -58,6 +58,7 @@ class RagOptimizer(Optimizer):
     """Retrieval-augmented baseline: no weights change, prompts gain the closest label documents."""
 
     default_builder = "sft"  # unused: RAG learns nothing from the examples
+    modalities = ("text",)  # retrieval reads the case notes
 
     def __init__(self, config: RagConfig):
         if config.top_docs < 1:
