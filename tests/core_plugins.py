@@ -7,7 +7,6 @@ counting chosen answers and writes it atomically. Each does its job for real, qu
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -19,7 +19,6 @@ round trip. Only the default model has a PyPI fallback; another hub id fails wit
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -349,3 +349,16 @@ __all__ = [
     "plot_training_curve", "read_metrics", "remove_printer_callbacks", "resolve_init_adapter", "resolve_seed",
     "training_arguments_kwargs", "use_bf16",
 ]
+
+
+def train_with_resume(trainer: Any, *, checkpoints: Path, ctx: RunContext, label: str) -> Any:
+    """``trainer.train()``, resuming from the newest complete checkpoint in ``checkpoints``; the
+    rich progress bar is closed whatever happens (a kill must not leave the terminal garbled)."""
+    resume = find_last_checkpoint(checkpoints)
+    if resume is not None:
+        ctx.log(f"{label}: resuming from {resume}")
+    progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _ProgressImpl))
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        progress.close()

@@ -11,8 +11,8 @@ from mint_core.registry import MintError
 from mint_core.types import PreferenceExample
 from mint_orpo import OrpoConfig
 from mint_orpo.common import (
-    MetricsLoggerCallback, _ProgressImpl, ProgressCallback, atomic_save_adapter, find_last_checkpoint, plot_training_curve,
-    read_metrics, remove_printer_callbacks, resolve_init_adapter, resolve_seed, training_arguments_kwargs,
+    MetricsLoggerCallback, ProgressCallback, atomic_save_adapter, plot_training_curve, read_metrics,
+    remove_printer_callbacks, resolve_init_adapter, resolve_seed, train_with_resume, training_arguments_kwargs,
 )
 
 if TYPE_CHECKING:
@@ -108,14 +108,7 @@ class OrpoOptimizer(Optimizer):
         trainer = build_trainer(cfg, sm, features, output_dir=output_dir, ctx=ctx, callbacks=callbacks,
                                 trainer_cls=self.trainer_class(), trainer_kwargs=self.trainer_kwargs(),
                                 name=self.display_name)
-        resume = find_last_checkpoint(output_dir / "checkpoints")
-        if resume is not None:
-            ctx.log(f"ORPO: resuming from {resume}")
-        progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _ProgressImpl))
-        try:
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        finally:
-            progress.close()
+        result = train_with_resume(trainer, checkpoints=output_dir / "checkpoints", ctx=ctx, label=self.display_name)
         adapter_dir = atomic_save_adapter(trainer.model, output_dir / "adapter")
         plot_training_curve(output_dir / "metrics.jsonl", output_dir / "training_curve.png",
                             title=f"{self.display_name} ({cfg.impl}) β={cfg.beta}")

@@ -18,7 +18,7 @@ from mint_tissue.captions import write_caption
 from mint_tissue.labels import PANNUKE_LABELS
 from mint_tissue.sources import LoadStats, load_imagefolder, load_pannuke, save_png
 from mint_tissue.splits import assign_splits
-from mint_tissue.synthetic import DEFAULT_SYNTHETIC, STYLES, render_tile
+from mint_tissue.synthetic import DEFAULT_SYNTHETIC, render_tile
 
 QUESTION = ("Which tissue type is shown in this H&E image? Answer with the header 'Most likely tissue types:' "
             "followed by a numbered list of the {n} most likely tissue types, one per line.")

@@ -29,8 +29,8 @@ from mint_core.io import write_json
 from mint_core.registry import MintError
 from mint_core.types import PreferenceExample
 from mint_orpo.common import (
-    MetricsLoggerCallback, ProgressCallback, _ProgressImpl, atomic_save_adapter, find_last_checkpoint,
-    plot_training_curve, remove_printer_callbacks, resolve_init_adapter, resolve_seed, training_arguments_kwargs,
+    MetricsLoggerCallback, ProgressCallback, atomic_save_adapter, plot_training_curve, remove_printer_callbacks,
+    resolve_init_adapter, resolve_seed, train_with_resume, training_arguments_kwargs,
 )
 from mint_orpo.optimizer import summarize
 from mint_trl import DpoConfig, KtoConfig, SftConfig
@@ -103,14 +103,7 @@ class TrlOptimizer(Optimizer):
         trainer = trainer_cls(model=sm.model, args=args, train_dataset=dataset, processing_class=sm.processor,
                               data_collator=collator, callbacks=cbs, peft_config=peft_config)
         remove_printer_callbacks(trainer)
-        resume = find_last_checkpoint(output_dir / "checkpoints")
-        if resume is not None:
-            ctx.log(f"{self.label}: resuming from {resume}")
-        progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _ProgressImpl))
-        try:
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        finally:
-            progress.close()
+        result = train_with_resume(trainer, checkpoints=output_dir / "checkpoints", ctx=ctx, label=self.label)
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         if "ref" in getattr(model, "peft_config", {}):
