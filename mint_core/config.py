@@ -121,7 +121,7 @@ def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
 #: must finish in minutes on 2 CPU cores. A config file, a saved run, or an override replaces them
 #: (``optimizer.max_steps=-1`` trains full epochs). Keys a component lacks are ignored.
 DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "optimizer": {"max_steps": 16, "learning_rate": 5e-4},
+    "optimizer": {"max_steps": 12, "learning_rate": 5e-4},
     "eval": {"max_cases": 16, "batch_size": 16, "mode": "both"},
 }
 

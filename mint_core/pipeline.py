@@ -410,6 +410,7 @@ def roles_in_order(all_metrics: dict[str, Any]) -> list[str]:
     return [r for r in order if r in all_metrics] + sorted(r for r in all_metrics if r not in order)
 
 
+TABLE_SKIPS = {"rank_top3", "teacher_top1_agreement", "teacher_bottomq_avoidance"}
 SHORT_NAMES = {"rank_top1": "r-top1", "rank_top3": "r-top3", "rank_top5": "r-top5", "rank_top10": "r-top10",
                "well_formed": "formed", "hallucination_rate": "halluc.", "teacher_top1_agreement": "T-agree",
                "teacher_topk_coverage": "T-top-k", "teacher_bottomq_avoidance": "T-avoid"}
@@ -417,7 +418,8 @@ SHORT_NAMES = {"rank_top1": "r-top1", "rank_top3": "r-top3", "rank_top5": "r-top
 
 def metrics_table(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results") -> Table:
     """The closing summary: one row per role (teacher, base, each aligned student)."""
-    columns = metric_columns(all_metrics)
+    # The terminal table keeps the headline columns (all of them are in report.md and metrics.json).
+    columns = [c for c in metric_columns(all_metrics) if c not in TABLE_SKIPS]
     table = Table(title=title, caption="r-: ranking mode (labels scored by log-likelihood); formed: well-formed "
                                        "answers; halluc.: listed names matching no label; T-: agreement with the "
                                        "teacher (top-1, top-k coverage, bottom-q avoidance)")
