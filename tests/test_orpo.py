@@ -95,21 +95,31 @@ def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
         batch = features[:4]  # unequal prompt and answer lengths: padding in every block
         assert len({len(f["prompt_ids"]) for f in batch}) > 1 and len({len(f["chosen_ids"]) for f in batch}) > 1
         results = {}
-        for name, collate in (("packed", collate_packed), ("two", collate_two_sequence)):
+        layouts = {"packed": (collate_packed, False), "packed-padding-free": (collate_packed, True),
+                   "two": (collate_two_sequence, False), "two-padding-free": (collate_two_sequence, True)}
+        for name, (collate, padding_free) in layouts.items():
             model.zero_grad()
-            stats = forward_pairs(model, collate(batch, pad_id=sm.pad_token_id, nll_on_prompt=nll_on_prompt),
-                                  mask_kind=kind)
+            collated = collate(batch, pad_id=sm.pad_token_id, nll_on_prompt=nll_on_prompt, padding_free=padding_free)
+            if padding_free:  # one row, not a single pad token
+                assert collated["input_ids"].shape[0] == 1
+                assert collated["input_ids"].shape[1] == sum(
+                    len(f["prompt_ids"]) * (1 if name.startswith("packed") else 2)
+                    + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in batch)
+            stats = forward_pairs(model, collated, mask_kind=kind)
             loss, _ = orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], beta=0.1)
             loss.backward()
             results[name] = (stats, loss.detach(), _lora_grads(model))
-        (sp, lp, gp), (st, lt, gt) = results["packed"], results["two"]
-        for key in ("chosen_logps", "rejected_logps", "nll", "chosen_logps_sum"):
-            torch.testing.assert_close(sp[key], st[key], atol=1e-5, rtol=0)
-        assert abs(lp.item() - lt.item()) < 1e-5
-        assert gp.keys() == gt.keys() and len(gp) > 0
-        assert any(g.abs().max() > 1e-6 for g in gp.values())
-        for name in gp:
-            torch.testing.assert_close(gp[name], gt[name], atol=1e-5, rtol=1e-4)
+        st, lt, gt = results["two"]  # the standard computation is the reference
+        assert gt and any(g.abs().max() > 1e-6 for g in gt.values())
+        for name in ("packed", "packed-padding-free", "two-padding-free"):
+            sp, lp, gp = results[name]
+            for key in ("chosen_logps", "rejected_logps", "nll", "chosen_logps_sum"):
+                torch.testing.assert_close(sp[key], st[key], atol=1e-5, rtol=0, msg=lambda m, n=name, k=key: f"{n} {k}: {m}")
+            assert abs(lp.item() - lt.item()) < 1e-5, name
+            assert gp.keys() == gt.keys(), name
+            for param in gp:
+                torch.testing.assert_close(gp[param], gt[param], atol=1e-5, rtol=1e-4)
+        sp = results["packed"][0]
         # The per-pair sums also match an independent single-pair forward of the plain model.
         f = batch[1]
         ids = torch.tensor([f["prompt_ids"] + f["rejected_ids"]])
@@ -137,6 +147,12 @@ def test_packed_mask_layout():
     assert m[5, 1] and m[5, 2] and not m[5, 3]  # rejected sees the prompt, never the chosen answer
     assert m[3, 1] and not m[3, 0] and not m[1, 3]  # chosen sees prompt, not pad; prompt doesn't see ahead
     assert m[7, 6] and m[7, 5] and not m[6, 7]
+    # Padding-free: both pairs in one row, and no attention across pairs.
+    flat = collate_packed(feats, pad_id=0, padding_free=True)
+    assert flat["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 1, 2, 4, 6, 7, 8]]
+    assert flat["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3, 0, 1, 2, 2, 3, 4]]
+    m = build_pair_mask(flat["segment_ids"], kind="bool", pair_ids=flat["pair_ids"])[0, 0]
+    assert m[5, 0] and not m[5, 3] and m[9, 6] and not m[9, 8] and not m[9, 2] and not m[6, 5]
 
 
 def test_loss_matches_trl(loaded, tmp_path):
@@ -196,6 +212,39 @@ def test_train_end_to_end(tiny_dir, tmp_path):
     weights = load_file(result.adapter_dir / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())
 
+
+
+def test_padding_free_training_matches_padded(tiny_dir, tmp_path):
+    """optimizer.padding_free=true trains the same numbers as padded rows (one step, same data and seed)."""
+    losses = {}
+    for option in ("false", "true"):
+        torch.manual_seed(0)
+        out = tmp_path / option / "orpo"
+        _optimizer(max_steps=1, padding_free=option).train(student=_student(tiny_dir), examples=make_examples(),
+                                                          output_dir=out, ctx=_ctx(tmp_path / option))
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[option] = next(r for r in rows if "loss" in r)
+    for key in ("loss", "nll", "or_loss", "logps/chosen", "logps/rejected"):
+        assert abs(losses["true"][key] - losses["false"][key]) < 1e-5, key
+
+
+def test_choose_padding_free():
+    from types import SimpleNamespace
+
+    from mint_orpo.trainer import choose_padding_free
+
+    text = [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}]
+    image = [{**text[0], "extras": {"pixel_values": torch.zeros(1)}}]
+    model = lambda impl: SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl))  # noqa: E731
+    assert choose_padding_free(model("flash_attention_2"), "auto", text)[0] is True
+    assert choose_padding_free(model("sdpa"), "auto", text)[0] is False
+    assert choose_padding_free(model("sdpa"), "true", text)[0] is True
+    assert choose_padding_free(model("flash_attention_2"), "false", text)[0] is False
+    assert choose_padding_free(model("flash_attention_2"), "auto", image)[0] is False
+    with pytest.raises(ValueError, match="padding_free=true"):
+        choose_padding_free(model("sdpa"), "true", image)
+    with pytest.raises(ValueError, match="use auto, true or false"):
+        choose_padding_free(model("sdpa"), "maybe", text)
 
 class _Kill(Exception):
     pass

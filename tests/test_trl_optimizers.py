@@ -122,6 +122,24 @@ def test_dpo_and_kto_start_at_their_reference(trained):
     assert trained["kto"].metrics["rows"] == 8  # 4 desirable + 4 undesirable answers
 
 
+@pytest.mark.parametrize("init", ["fresh", "sft"])
+def test_packed_dpo_matches_trl(text_env, trained, init):
+    """impl=mint (shared-prompt packed policy and reference forwards) trains the numbers TRL's DPOTrainer does:
+    step 1 from the same start, step 2 after one AdamW update computed from each side's own gradients."""
+    rows = {}
+    for impl in ("trl", "mint"):
+        torch.manual_seed(0)
+        out = text_env["run_dir"] / "students" / f"dpo-{impl}-{init}"
+        extra = {"init_adapter": str(trained["sft"].adapter_dir)} if init == "sft" else {}
+        OPTIMIZERS["dpo"](_config("dpo", impl=impl, **extra)).train(
+            student=text_env["student"], examples=_examples("dpo"), output_dir=out, ctx=text_env["ctx"])
+        rows[impl] = [r for r in _rows(out / "metrics.jsonl") if "loss" in r]
+    assert len(rows["mint"]) == len(rows["trl"]) == 2
+    assert abs(rows["mint"][1]["rewards/margins"]) > 1e-3  # the update moved the policy away from the reference
+    for mint_row, trl_row in zip(rows["mint"], rows["trl"]):
+        for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+            assert mint_row[key] == pytest.approx(trl_row[key], abs=1e-4), (key, mint_row["step"])
+
 def test_dpo_from_sft_adapter(text_env, trained):
     """DPO with init_adapter=<run dir> starts from students/sft/adapter, which is also its reference."""
     run_dir, ctx, student = text_env["run_dir"], text_env["ctx"], text_env["student"]
@@ -187,6 +205,9 @@ def test_clear_errors(text_env, tmp_path):
                                                                output_dir=tmp_path, ctx=ctx)
     with pytest.raises(MintError, match="impl=trl"):
         OPTIMIZERS["sft"](_config("sft", impl="mint"))
+    with pytest.raises(MintError, match="impl=mint is not possible here: loss_type='ipo'"):
+        OPTIMIZERS["dpo"](_config("dpo", impl="mint", loss_type="ipo")).train(
+            student=student, examples=_examples("dpo"), output_dir=tmp_path, ctx=ctx)
     with pytest.raises(FileNotFoundError, match="init_adapter"):
         OPTIMIZERS["dpo"](_config("dpo", init_adapter=str(tmp_path / "nowhere"))).train(
             student=student, examples=_examples("dpo"), output_dir=tmp_path, ctx=ctx)

@@ -28,6 +28,9 @@ class OrpoConfig(TrainingOptions):
     packing: str = field(default="auto", metadata={
         "help": "auto: one [prompt, chosen, rejected] sequence per pair (shared prompt) when the model's attention "
                 "accepts custom 4D masks (sdpa, eager), else two sequences; packed; two-sequence."})
+    padding_free: str = field(default="auto", metadata={
+        "help": "Put a batch's pairs back to back in one row, no padding. auto: where the attention skips the "
+                "work between sequences (flash-attention, flex), not with sdpa/eager's dense masks; true; false."})
 
 
 @hookimpl

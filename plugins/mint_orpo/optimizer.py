@@ -84,6 +84,16 @@ class OrpoOptimizer(Optimizer):
         """Extra keyword arguments for the trainer class (beyond ``beta``)."""
         return {}
 
+    def find_init_adapter(self, output_dir: Path) -> Path | None:
+        """The adapter training starts from (``init_adapter``), or ``None`` for a fresh LoRA."""
+        return resolve_init_adapter(self.config.init_adapter)
+
+    def prepare_model(self, sm: StudentModel, *, init_adapter: Path | None, ctx: RunContext) -> None:
+        """Called once the trainable student is loaded, before the trainer is built (no-op here)."""
+
+    def finish_model(self, model: Any) -> None:
+        """Called on the trained model just before its adapter is saved (no-op here)."""
+
     def __init__(self, config: OrpoConfig):
         self.config = config
 
@@ -97,24 +107,27 @@ class OrpoOptimizer(Optimizer):
         cfg = self.config
         if cfg.impl not in {"mint", "trl"}:
             raise MintError(f"optimizer.impl={cfg.impl!r}: use mint or trl")
-        if cfg.impl == "trl" and not cfg.nll_on_prompt:
+        if cfg.impl == "trl" and not getattr(cfg, "nll_on_prompt", True):
             raise MintError("optimizer.nll_on_prompt=false needs optimizer.impl=mint (TRL's NLL always covers the "
                             "prompt)")
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        sm = student.load(ctx=ctx, adapter_dir=resolve_init_adapter(cfg.init_adapter), trainable=True)
+        init = self.find_init_adapter(output_dir)
+        sm = student.load(ctx=ctx, adapter_dir=init, trainable=True)
+        self.prepare_model(sm, init_adapter=init, ctx=ctx)
         features = encode_pairs(sm, examples, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                                 ctx=ctx)
         trainer = build_trainer(cfg, sm, features, output_dir=output_dir, ctx=ctx, callbacks=callbacks,
                                 trainer_cls=self.trainer_class(), trainer_kwargs=self.trainer_kwargs(),
                                 name=self.display_name)
         result = train_with_resume(trainer, checkpoints=output_dir / "checkpoints", ctx=ctx, label=self.display_name)
+        self.finish_model(trainer.model)
         adapter_dir = atomic_save_adapter(trainer.model, output_dir / "adapter")
         plot_training_curve(output_dir / "metrics.jsonl", output_dir / "training_curve.png",
                             title=f"{self.display_name} ({cfg.impl}) β={cfg.beta}")
         metrics = summarize(result.metrics, output_dir / "metrics.jsonl", global_step=trainer.state.global_step)
         metrics["pairs"] = float(len(features))
-        write_json(output_dir / "train_summary.json", metrics)
+        write_json(output_dir / "train_summary.json", {**metrics, "init_adapter": str(init) if init else None})
         return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, metrics=metrics)
 
 
@@ -155,16 +168,20 @@ def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[st
                        trainer_cls: type | None = None, trainer_kwargs: dict[str, Any] | None = None) -> Any:
     from transformers import TrainingArguments
 
-    from mint_orpo.trainer import OrpoTrainer, PairCollator, choose_packing
+    from mint_orpo.trainer import OrpoTrainer, PairCollator, choose_packing, choose_padding_free
 
     model = sm.model
-    if cfg.disable_dropout:
+    if getattr(cfg, "disable_dropout", True):
         from trl.trainer.utils import disable_dropout_in_model
 
         disable_dropout_in_model(model)
     packed, mask_kind, reason = choose_packing(model, cfg.packing, features)
+    padding_free, pf_reason = choose_padding_free(model, cfg.padding_free, features)
+    nll_on_prompt = bool(getattr(cfg, "nll_on_prompt", False))  # only ORPO-like objectives have an NLL term
     if ctx is not None:
-        ctx.log(f"{trainer_cls.__name__ if trainer_cls else 'ORPO'}: {'packed' if packed else 'two-sequence'} batches ({reason}), {len(features)} pairs")
+        layout = f"{'packed' if packed else 'two-sequence'} batches ({reason}), "
+        layout += f"{'padding-free' if padding_free else 'padded'} rows ({pf_reason})"
+        ctx.log(f"{trainer_cls.__name__ if trainer_cls else 'ORPO'}: {layout}, {len(features)} pairs")
     pad_id = getattr(sm, "pad_token_id", None)
     if pad_id is None:
         tok = getattr(sm.processor, "tokenizer", sm.processor)
@@ -172,5 +189,6 @@ def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[st
     args = TrainingArguments(**args_kwargs)
     trainer_cls = trainer_cls or OrpoTrainer
     return trainer_cls(model=model, args=args, train_dataset=features,
-                       data_collator=PairCollator(pad_id=int(pad_id), packed=packed, nll_on_prompt=cfg.nll_on_prompt),
+                       data_collator=PairCollator(pad_id=int(pad_id), packed=packed, nll_on_prompt=nll_on_prompt,
+                                                 padding_free=padding_free),
                        callbacks=list(callbacks), beta=cfg.beta, mask_kind=mask_kind, **(trainer_kwargs or {}))

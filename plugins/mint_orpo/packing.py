@@ -19,7 +19,20 @@ from ``P_i``. The 4D attention mask (built on device from ``segment_ids``, see
 and itself, the rejected answer to the prompt and itself, never to the chosen answer. Padding is
 per batch and minimal (the longest prompt, chosen and rejected answer of the batch).
 
-Both layouts emit the same gather description: for every scored token, which row and kept column
+Padding-free variants (``padding_free=True``) put every sequence of the batch into ONE row, back
+to back, with no padding at all::
+
+    packed:        [prompt_0 chosen_0 rejected_0 prompt_1 chosen_1 rejected_1 ...]
+    two-sequence:  [prompt_0 chosen_0 prompt_1 chosen_1 ... prompt_0 rejected_0 ...]
+
+The packed variant's 4D mask also keeps pairs apart (``pair_ids``). The two-sequence variant has no
+mask at all: position ids restart at 0 for every sequence, which transformers reads as packed
+sequences (flash-attention's varlen kernels; a block-diagonal mask for sdpa/eager), so it serves
+students whose attention takes no custom 4D mask. Whether dropping the padding pays depends on
+the attention kernel: varlen/flash kernels skip the blocks between sequences; a dense 4D mask
+(sdpa, eager) computes attention over the whole row (see :func:`padding_free_for`).
+
+Every layout emits the same gather description: for every scored token, which row and kept column
 predicts it (``g_row``, ``g_col``), the token (``g_tok``), its pair (``g_pair``) and its kind
 (``g_kind``: 0 prompt token in the NLL, 1 chosen answer token, 2 rejected answer token). The
 statistics are then computed identically (:func:`pair_statistics`).
@@ -55,10 +68,13 @@ def _counts(features: Sequence[dict[str, Any]], nll_on_prompt: bool) -> dict[str
             "n_nll": torch.tensor(float(nll), dtype=torch.float32)}
 
 
-def collate_packed(features: Sequence[dict[str, Any]], *, pad_id: int, nll_on_prompt: bool = True) -> dict[str, Any]:
-    """The packed layout (see module docstring) for text-only pairs."""
+def collate_packed(features: Sequence[dict[str, Any]], *, pad_id: int, nll_on_prompt: bool = True,
+                   padding_free: bool = False) -> dict[str, Any]:
+    """The packed layout (see module docstring) for text-only pairs; ``padding_free``: all pairs in one row."""
     if any(f.get("extras") for f in features):
         raise ValueError("the packed layout takes text-only pairs; use collate_two_sequence for image inputs")
+    if padding_free:
+        return _collate_packed_flat(features, nll_on_prompt=nll_on_prompt)
     p_max = max(len(f["prompt_ids"]) for f in features)
     c_max = max(len(f["chosen_ids"]) for f in features)
     r_max = max(len(f["rejected_ids"]) for f in features)
@@ -109,6 +125,36 @@ def collate_packed(features: Sequence[dict[str, Any]], *, pad_id: int, nll_on_pr
     return out
 
 
+def _collate_packed_flat(features: Sequence[dict[str, Any]], *, nll_on_prompt: bool) -> dict[str, Any]:
+    """Padding-free packed layout: ``[prompt_i, chosen_i, rejected_i]`` for every pair, one row."""
+    ids: list[int] = []
+    segment: list[int] = []
+    pair_ids: list[int] = []
+    positions: list[int] = []
+    scored: list[tuple[int, int, int, int]] = []  # (predicting column, token, pair, kind)
+    for i, f in enumerate(features):
+        prompt, chosen, rejected = f["prompt_ids"], f["chosen_ids"], f["rejected_ids"]
+        p, c, r = len(prompt), len(chosen), len(rejected)
+        s = len(ids)  # the pair's first column
+        ids += [*prompt, *chosen, *rejected]
+        segment += [SEG_PROMPT] * p + [SEG_CHOSEN] * c + [SEG_REJECTED] * r
+        pair_ids += [i] * (p + c + r)
+        positions += [*range(p), *range(p, p + c), *range(p, p + r)]
+        if nll_on_prompt:
+            scored += [(s + t - 1, prompt[t], i, KIND_PROMPT) for t in range(1, p)]
+        scored += [(s + p - 1 if j == 0 else s + p + j - 1, chosen[j], i, KIND_CHOSEN) for j in range(c)]
+        scored += [(s + p - 1 if j == 0 else s + p + c + j - 1, rejected[j], i, KIND_REJECTED) for j in range(r)]
+    keep = sorted({col for col, *_ in scored})
+    col_index = {col: k for k, col in enumerate(keep)}
+    out: dict[str, Any] = {"input_ids": torch.tensor([ids]), "segment_ids": torch.tensor([segment], dtype=torch.int8),
+                           "pair_ids": torch.tensor([pair_ids]), "position_ids": torch.tensor([positions]),
+                           "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
+    out.update(_gather_fields([0] * len(scored), [col_index[col] for col, *_ in scored], [t for _, t, _, _ in scored],
+                              [pair for *_, pair, _ in scored], [kind for *_, kind in scored]))
+    out.update(_counts(features, nll_on_prompt))
+    return out
+
+
 def _stack_extras(features: Sequence[dict[str, Any]], seq_lengths: list[int], length: int) -> dict[str, torch.Tensor]:
     """Batch a vision student's per-example tensors for the two-sequence rows (chosen rows, then rejected rows).
 
@@ -136,15 +182,20 @@ def _stack_extras(features: Sequence[dict[str, Any]], seq_lengths: list[int], le
 
 
 def collate_two_sequence(features: Sequence[dict[str, Any]], *, pad_id: int,
-                         nll_on_prompt: bool = True) -> dict[str, Any]:
+                         nll_on_prompt: bool = True, padding_free: bool = False) -> dict[str, Any]:
     """The standard layout: rows ``[prompt+chosen_0..B-1, prompt+rejected_0..B-1]``, right-padded.
 
     Used as the reference in tests and as the fallback for models whose attention takes no custom
     4D mask (vision students, flash-attention). Logits are still computed only at needed columns.
+    ``padding_free``: the same sequences back to back in one row, position ids restarting at 0.
     """
     batch = len(features)
     seqs = [f["prompt_ids"] + f["chosen_ids"] for f in features] + \
            [f["prompt_ids"] + f["rejected_ids"] for f in features]
+    if padding_free:
+        if any(f.get("extras") for f in features):
+            raise ValueError("padding-free batches take text-only pairs (image inputs need one row per sequence)")
+        return _collate_two_sequence_flat(features, seqs, nll_on_prompt=nll_on_prompt)
     length = max(len(s) for s in seqs)
     input_ids = torch.full((2 * batch, length), pad_id, dtype=torch.long)
     attention = torch.zeros((2 * batch, length), dtype=torch.long)
@@ -174,12 +225,36 @@ def collate_two_sequence(features: Sequence[dict[str, Any]], *, pad_id: int,
     return out
 
 
-def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _collate_two_sequence_flat(features: Sequence[dict[str, Any]], seqs: list[list[int]], *,
+                               nll_on_prompt: bool) -> dict[str, Any]:
+    batch = len(features)
+    starts = [sum(len(s) for s in seqs[:row]) for row in range(len(seqs))]
+    scored: list[tuple[int, int, int, int]] = []  # (predicting column, token, pair, kind)
+    for i, f in enumerate(features):
+        p = len(f["prompt_ids"])
+        for row, kind in ((i, KIND_CHOSEN), (batch + i, KIND_REJECTED)):
+            first = 1 if (nll_on_prompt and kind == KIND_CHOSEN) else p
+            scored += [(starts[row] + t - 1, seqs[row][t], i, KIND_PROMPT if t < p else kind)
+                       for t in range(first, len(seqs[row]))]
+    keep = sorted({col for col, *_ in scored})
+    col_index = {col: k for k, col in enumerate(keep)}
+    out: dict[str, Any] = {"input_ids": torch.tensor([[t for s in seqs for t in s]]),
+                           "position_ids": torch.tensor([[k for s in seqs for k in range(len(s))]]),
+                           "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
+    out.update(_gather_fields([0] * len(scored), [col_index[col] for col, *_ in scored], [t for _, t, _, _ in scored],
+                              [pair for *_, pair, _ in scored], [kind for *_, kind in scored]))
+    out.update(_counts(features, nll_on_prompt))
+    return out
+
+
+def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype = torch.float32,
+                    pair_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The ``[B, 1, L, L]`` attention mask of the packed layout from ``segment_ids`` ``[B, L]``.
 
     ``kind="bool"`` (True = attend; for sdpa) or ``"additive"`` (0 / dtype min; for eager). A query
-    sees a key when both are real tokens, the key is not later, and the key is in the prompt or in
-    the query's own segment. Padding queries see themselves only, so no softmax row is empty (NaN).
+    sees a key when both are real tokens of the same pair (``pair_ids``, padding-free rows), the key
+    is not later, and the key is in the prompt or in the query's own segment. Padding queries see
+    themselves only, so no softmax row is empty (NaN).
     """
     seg = segment_ids.long()
     length = seg.shape[1]
@@ -187,6 +262,8 @@ def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype 
     causal = idx[None, :] <= idx[:, None]  # [L(q), L(k)]
     q, k = seg[:, :, None], seg[:, None, :]
     allowed = causal[None] & (q >= 0) & (k >= 0) & ((k == SEG_PROMPT) | (k == q))
+    if pair_ids is not None:
+        allowed = allowed & (pair_ids[:, :, None] == pair_ids[:, None, :])
     allowed = allowed | (torch.eye(length, dtype=torch.bool, device=seg.device)[None] & (q < 0))
     allowed = allowed[:, None]
     if kind == "bool":
@@ -199,7 +276,7 @@ def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype 
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "n_chosen", "n_rejected", "n_nll", "segment_ids",
-               "logits_to_keep")
+               "pair_ids", "logits_to_keep")
 
 
 def mask_kind_for(model: Any) -> str | None:
@@ -207,6 +284,13 @@ def mask_kind_for(model: Any) -> str | None:
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None) if config is not None else None
     return {"sdpa": "bool", "eager": "additive"}.get(impl or "")
+
+
+def varlen_attention(model: Any) -> bool:
+    """Whether the model's attention runs packed sequences without a dense mask (flash / flex kernels)."""
+    config = getattr(model, "config", None)
+    impl = str(getattr(config, "_attn_implementation", "") or "")
+    return "flash" in impl or impl == "flex_attention"
 
 
 def pair_statistics(logits: torch.Tensor, batch: dict[str, Any], n_pairs: int) -> dict[str, torch.Tensor]:
@@ -243,7 +327,8 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
         if mask_kind is None:
             raise ValueError("the packed layout needs a 4D-mask-capable attention (sdpa or eager)")
         dtype = _compute_dtype(model)
-        kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype)
+        kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype,
+                                                   pair_ids=batch.get("pair_ids"))
     outputs = model(**kwargs, logits_to_keep=batch["logits_to_keep"], use_cache=False)
     return pair_statistics(outputs.logits, batch, n_pairs)
 

@@ -16,20 +16,22 @@ import torch
 from transformers import Trainer
 
 from mint_orpo.loss import orpo_loss
-from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, mask_kind_for
+from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, mask_kind_for, varlen_attention
 
 
 @dataclass
 class PairCollator:
-    """Collates pair features into the packed layout, or the two-sequence one (``packed=False``)."""
+    """Collates pair features into the packed layout, or the two-sequence one (``packed=False``);
+    ``padding_free`` puts the whole batch in one row (see :mod:`mint_orpo.packing`)."""
 
     pad_id: int
     packed: bool = True
     nll_on_prompt: bool = True
+    padding_free: bool = False
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         collate = collate_packed if self.packed else collate_two_sequence
-        return collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt)
+        return collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt, padding_free=self.padding_free)
 
 
 def choose_packing(model: Any, packing: str, features: Sequence[dict[str, Any]]) -> tuple[bool, str | None, str]:
@@ -48,6 +50,27 @@ def choose_packing(model: Any, packing: str, features: Sequence[dict[str, Any]])
             raise ValueError(f"optimizer.packing=packed is not possible: {problem}; use packing=auto")
         return False, kind, problem
     return True, kind, f"shared prompt, 4D {kind} mask"
+
+
+def choose_padding_free(model: Any, option: str, features: Sequence[dict[str, Any]]) -> tuple[bool, str]:
+    """(padding-free?, reason) for the ``padding_free`` option: auto, true, false.
+
+    ``auto`` drops the padding where the attention kernel skips the work between packed sequences
+    (flash-attention's varlen kernels, flex attention). With sdpa or eager the row gets a dense mask
+    and attention runs over the whole batch's tokens, which costs more than the padding it saves
+    unless lengths vary a lot (figures in benchmarks/README.md), so ``auto`` keeps per-pair rows there.
+    """
+    text = str(option).strip().lower()
+    if text not in {"auto", "true", "false"}:
+        raise ValueError(f"optimizer.padding_free={option!r}: use auto, true or false")
+    if any(f.get("extras") for f in features):
+        if text == "true":
+            raise ValueError("optimizer.padding_free=true is not possible with image inputs; use auto or false")
+        return False, "image inputs"
+    if text == "auto":
+        on = varlen_attention(model)
+        return on, "varlen attention" if on else "dense-mask attention"
+    return text == "true", "requested"
 
 
 class OrpoTrainer(Trainer):

@@ -1,6 +1,7 @@
 """MINT optimizers through TRL: DPO, KTO and the SFT baseline, each with LoRA (peft).
 
-Registers the optimizers ``dpo`` (TRL ``DPOTrainer``), ``kto`` (``KTOTrainer``) and ``sft``
+Registers the optimizers ``dpo`` (TRL ``DPOTrainer``; for text students MINT's shared-prompt
+packed trainer, :mod:`mint_orpo.dpo`, with the same loss), ``kto`` (``KTOTrainer``) and ``sft``
 (``SFTTrainer``). Options are the common trainer options of :mod:`mint_orpo.common`
 (``optimizer.epochs``, ``optimizer.max_steps``, ...) plus each method's own. Heavy code lives in
 :mod:`mint_trl.optimizer`; the Mllama cross-attention fix in :mod:`mint_trl.vision`.
@@ -23,11 +24,17 @@ _INIT_HELP = ("Start from this adapter: a peft adapter folder, a student folder 
 class DpoConfig(TrainingOptions):
     """DPO options. ``beta`` is DPO's β (strength of the KL constraint to the reference)."""
 
-    impl: str = field(default="trl", metadata={"help": _IMPL_HELP})
+    impl: str = field(default="auto", metadata={
+        "help": "auto: MINT's shared-prompt packed trainer (mint) for text students with loss_type=sigmoid, else "
+                "TRL's DPOTrainer (trl); mint; trl. Both compute the same loss."})
     init_adapter: str = field(default="", metadata={"help": _INIT_HELP})
     loss_type: str = field(default="sigmoid", metadata={
-        "help": "TRL DPO loss: sigmoid (DPO), hinge, ipo, robust, ...; comma-separate to combine."})
+        "help": "TRL DPO loss: sigmoid (DPO), hinge, ipo, robust, ...; comma-separate to combine (impl=trl)."})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO/robust label smoothing in [0, 0.5)."})
+    packing: str = field(default="auto", metadata={
+        "help": "impl=mint: auto (shared-prompt rows where the attention takes 4D masks), packed, two-sequence."})
+    padding_free: str = field(default="auto", metadata={
+        "help": "impl=mint: one row per batch without padding: auto (flash/flex attention only), true, false."})
 
 
 @dataclass
@@ -53,7 +60,8 @@ class SftConfig(TrainingOptions):
 @hookimpl
 def mint_register_optimizers(register):
     register("dpo", _make("dpo"), config=DpoConfig,
-             description="DPO (TRL DPOTrainer, LoRA); reference = adapter-free base or the init_adapter (e.g. SFT)",
+             description="DPO (LoRA; packed shared-prompt trainer for text, TRL DPOTrainer otherwise); "
+                         "reference = adapter-free base or the init_adapter (e.g. SFT)",
              pairs_with={"builder": "topk"})
     register("kto", _make("kto"), config=KtoConfig,
              description="KTO (TRL KTOTrainer, LoRA) on unpaired desirable/undesirable answers",

@@ -59,9 +59,12 @@ class TrlOptimizer(Optimizer):
     config_class: ClassVar[type]
     label: ClassVar[str]
 
+    impls: ClassVar[tuple[str, ...]] = ("trl",)
+
     def __init__(self, config: Any):
-        if getattr(config, "impl", "trl") != "trl":
-            raise MintError(f"optimizer.impl={config.impl!r}: optimizer={self.method} always runs TRL (impl=trl)")
+        if getattr(config, "impl", "trl") not in self.impls:
+            raise MintError(f"optimizer.impl={config.impl!r}: optimizer={self.method} takes impl="
+                            + " or ".join(self.impls))
         self.config = config
 
     # -- subclass hooks ------------------------------------------------------------------------
@@ -155,6 +158,27 @@ class DpoOptimizer(TrlOptimizer):
     config_class = DpoConfig
     label = "DPO"
     default_builder = "topk"
+    impls = ("auto", "mint", "trl")
+
+    def train(self, *, student: Student, examples: Sequence[PreferenceExample], output_dir: Path,
+              ctx: RunContext, callbacks: Sequence[Any] = ()) -> TrainResult:
+        """DPO through MINT's packed trainer (:mod:`mint_orpo.dpo`) where it applies, else TRL's DPOTrainer."""
+        cfg = self.config
+        as_rows(examples, self.method)  # the same clear error for non-pairs, whichever trainer runs
+        losses = [name.strip() for name in str(cfg.loss_type).split(",") if name.strip()] or ["sigmoid"]
+        problem = ("image students use TRL's vision collators" if getattr(student, "modality", "text") != "text"
+                   else None if losses == ["sigmoid"] else f"loss_type={cfg.loss_type!r} is TRL's only")
+        if cfg.impl == "mint" and problem:
+            raise MintError(f"optimizer.impl=mint is not possible here: {problem}; use optimizer.impl=auto or trl")
+        if cfg.impl == "trl" or problem:
+            return super().train(student=student, examples=examples, output_dir=output_dir, ctx=ctx,
+                                 callbacks=callbacks)
+        from dataclasses import replace
+
+        from mint_orpo.dpo import PackedDpoOptimizer
+
+        packed = PackedDpoOptimizer(replace(cfg, impl="mint"))
+        return packed.train(student=student, examples=examples, output_dir=output_dir, ctx=ctx, callbacks=callbacks)
 
     def trl_config(self, common: dict[str, Any]) -> Any:
         from trl import DPOConfig

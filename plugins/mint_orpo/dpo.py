@@ -1,0 +1,112 @@
+"""DPO on MINT's shared-prompt packed pairs (``optimizer=dpo``, ``impl=mint``, the default for text students).
+
+The ``dpo`` optimizer is registered by ``mint_trl`` (TRL's ``DPOTrainer`` stays the reference and
+the path for image students and TRL-only loss types); for text students with the ``sigmoid`` loss
+it hands training to :class:`PackedDpoOptimizer`. What carries over from ORPO:
+
+- the policy forward is one ``[prompt, chosen, rejected]`` row per pair (see
+  :mod:`mint_orpo.packing`), with the vocabulary projection on answer tokens only (DPO has no NLL
+  term, so no prompt position is projected at all);
+- the reference forward is the same packed row, without gradients, through the same weights with
+  the adapter switched: disabled for a fresh LoRA (the reference is the base model), or the frozen
+  ``ref`` copy of the starting adapter (DPO after SFT: the reference is the SFT model), as TRL does.
+
+The loss and metrics are TRL's (trl 1.16, ``loss_type="sigmoid"``): summed answer log-probs,
+``loss = mean(-log σ(β · ((π_c - ref_c) - (π_r - ref_r))))``, rewards ``β · (π - ref)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from mint_orpo.optimizer import OrpoOptimizer
+
+if TYPE_CHECKING:
+    from mint_core.components import StudentModel
+    from mint_core.context import RunContext
+
+REFERENCE_ADAPTER = "ref"
+
+
+def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO's sigmoid loss from summed answer log-probs of policy and reference, and TRL's metrics."""
+    chosen_logratios = chosen_logps.float() - ref_chosen_logps.float()
+    rejected_logratios = rejected_logps.float() - ref_rejected_logps.float()
+    loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
+    chosen_rewards, rejected_rewards = beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+    metrics = {
+        "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "logps/chosen": chosen_logps.detach().float().mean(), "logps/rejected": rejected_logps.detach().float().mean(),
+    }
+    return loss, metrics
+
+
+@contextlib.contextmanager
+def reference_weights(model: Any) -> Iterator[None]:
+    """The DPO reference inside a peft model: the frozen ``ref`` adapter if loaded, else no adapter."""
+    if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
+        active = model.active_adapter
+        model.set_adapter(REFERENCE_ADAPTER)
+        try:
+            yield
+        finally:
+            model.set_adapter(active)
+            # set_adapter marks the adapter it activates trainable; the reference must stay frozen.
+            for name, param in model.named_parameters():
+                if f".{REFERENCE_ADAPTER}." in name:
+                    param.requires_grad_(False)
+    else:
+        with model.disable_adapter():
+            yield
+
+
+def _trainer_class() -> type:
+    from mint_orpo.packing import forward_pairs
+    from mint_orpo.trainer import OrpoTrainer
+
+    class PackedDpoTrainer(OrpoTrainer):
+        """MINT's packed trainer with DPO's objective: a policy and a reference packed forward per batch."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            stats = forward_pairs(model, inputs, mask_kind=self.mask_kind)
+            with torch.no_grad(), reference_weights(self.accelerator.unwrap_model(model)):
+                ref = forward_pairs(model, inputs, mask_kind=self.mask_kind)
+            loss, metrics = dpo_loss(stats["chosen_logps_sum"], stats["rejected_logps_sum"],
+                                     ref["chosen_logps_sum"], ref["rejected_logps_sum"], self.beta)
+            for key, value in metrics.items():
+                self._stored[key].append(float(self.accelerator.gather_for_metrics(value.reshape(1)).mean()))
+            return (loss, {**stats, **metrics}) if return_outputs else loss
+
+    return PackedDpoTrainer
+
+
+class PackedDpoOptimizer(OrpoOptimizer):
+    """DPO through MINT's packed trainer. ``config`` is ``mint_trl.DpoConfig`` (the ``dpo`` options)."""
+
+    display_name = "DPO"
+
+    def trainer_class(self) -> type:
+        return _trainer_class()
+
+    def find_init_adapter(self, output_dir: Path) -> Path | None:
+        from mint_trl.optimizer import find_init_adapter
+
+        return find_init_adapter(self.config.init_adapter, output_dir=output_dir)
+
+    def prepare_model(self, sm: StudentModel, *, init_adapter: Path | None, ctx: RunContext) -> None:
+        # Training starts from the init adapter and the reference IS that adapter: keep a frozen copy.
+        if init_adapter is not None:
+            sm.model.load_adapter(str(init_adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+            ctx.log(f"DPO: starting from adapter {init_adapter} (also the reference policy)")
+
+    def finish_model(self, model: Any) -> None:
+        if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
+            model.delete_adapter(REFERENCE_ADAPTER)  # the frozen reference copy is not part of the result
