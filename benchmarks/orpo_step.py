@@ -29,6 +29,7 @@ The last line printed with ``--json`` is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
         inputs = trainer._prepare_inputs(side["collate"](feats))
         model.train()
         autocast = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16)
-        with PeakMemory(cuda) as mem:
+        # On CPU only the memory probe children sample RSS: the sampling thread would slow the timed steps.
+        with (PeakMemory(cuda) if cuda or args.only else contextlib.nullcontext(PeakMemory(cuda))) as mem:
             start, cpu_start = time.perf_counter(), time.process_time()
             with autocast:
                 loss = trainer.compute_loss(model, inputs)

@@ -80,18 +80,21 @@ def loaded(tiny_dir, tmp_path_factory):
     return sm, features
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "mint_pairs"])
 @pytest.mark.parametrize("nll_on_prompt", [True, False])
 def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
+    from mint_orpo import attention
     from mint_orpo.loss import orpo_loss
     from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, mask_kind_for
 
     sm, features = loaded
     model = sm.model
-    model.base_model.model.config._attn_implementation = attn  # sdpa and eager take different mask forms
+    attention.register()
+    # sdpa and eager take different mask forms; mint_pairs computes only the blocks the pair mask allows
+    model.base_model.model.config._attn_implementation = attn
     try:
         kind = mask_kind_for(model)
-        assert kind == {"sdpa": "bool", "eager": "additive"}[attn]
+        assert kind == {"sdpa": "bool", "eager": "additive", "mint_pairs": "bool"}[attn]
         batch = features[:4]  # unequal prompt and answer lengths: padding in every block
         assert len({len(f["prompt_ids"]) for f in batch}) > 1 and len({len(f["chosen_ids"]) for f in batch}) > 1
         results = {}
@@ -132,6 +135,28 @@ def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
         model.base_model.model.config._attn_implementation = "sdpa"
         model.zero_grad()
 
+
+def test_pair_attention_reaches_the_attention_layers(loaded):
+    """The layout keyword travels through peft and the model to every attention call (a wrong layout raises
+    there), and enable() switches only sdpa text models."""
+    from types import SimpleNamespace
+
+    from mint_orpo import attention
+    from mint_orpo.packing import collate_packed, forward_pairs
+
+    sm, features = loaded
+    config = sm.model.base_model.model.config
+    assert attention.enable(sm.model) and config._attn_implementation == "mint_pairs"
+    try:
+        batch = collate_packed(features[:2], pad_id=sm.pad_token_id)
+        batch["block_sizes"] = batch["block_sizes"] + torch.tensor([0, 1, 0])
+        with torch.no_grad(), pytest.raises(ValueError, match="mint_pairs layout"):
+            forward_pairs(sm.model, batch, mask_kind="bool")
+    finally:
+        config._attn_implementation = "sdpa"
+    eager = SimpleNamespace(config=SimpleNamespace(_attn_implementation="eager"))
+    vision = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", text_config=object()))
+    assert not attention.enable(eager) and not attention.enable(vision)
 
 def test_packed_mask_layout():
     from mint_orpo.packing import build_pair_mask, collate_packed
@@ -237,7 +262,7 @@ def test_choose_padding_free():
     image = [{**text[0], "extras": {"pixel_values": torch.zeros(1)}}]
     model = lambda impl: SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl))  # noqa: E731
     assert choose_padding_free(model("flash_attention_2"), "auto", text)[0] is True
-    assert choose_padding_free(model("sdpa"), "auto", text)[0] is False
+    assert choose_padding_free(model("sdpa"), "auto", text)[0] is None  # per batch, by estimated cost
     assert choose_padding_free(model("sdpa"), "true", text)[0] is True
     assert choose_padding_free(model("flash_attention_2"), "false", text)[0] is False
     assert choose_padding_free(model("flash_attention_2"), "auto", image)[0] is False
@@ -245,6 +270,25 @@ def test_choose_padding_free():
         choose_padding_free(model("sdpa"), "true", image)
     with pytest.raises(ValueError, match="use auto, true or false"):
         choose_padding_free(model("sdpa"), "maybe", text)
+
+
+def test_padding_free_per_batch_by_estimated_cost(loaded):
+    """auto under a dense mask: batches with much padding go padding-free, equal-length ones stay padded."""
+    from mint_orpo.packing import attention_weight, layout_costs
+    from mint_orpo.trainer import PairCollator
+
+    sm, _ = loaded
+    weight = attention_weight(sm.model)
+    assert 0 < weight < 1
+    pair = lambda p: {"prompt_ids": [5] * p, "chosen_ids": [6] * 20, "rejected_ids": [7] * 20}  # noqa: E731
+    even, uneven = [pair(300), pair(300)], [pair(40), pair(40), pair(40), pair(600)]
+    costs = layout_costs(even, packed=True, attention_weight=weight)
+    assert costs["padded"] < costs["padding_free"]  # no padding to save, attention across pairs to pay
+    costs = layout_costs(uneven, packed=True, attention_weight=weight)
+    assert costs["padding_free"] < costs["padded"]
+    collate = PairCollator(pad_id=0, padding_free=None, attention_weight=weight)
+    assert collate(even)["input_ids"].shape[0] == 2 and collate(uneven)["input_ids"].shape[0] == 1
+    assert PairCollator(pad_id=0, padding_free=False)(uneven)["input_ids"].shape[0] == 4
 
 class _Kill(Exception):
     pass
@@ -285,14 +329,16 @@ def test_resume_after_kill(tiny_dir, tmp_path):
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
 
 
-def test_vision_student_two_sequence(tmp_path):
-    """A vision (Mllama) student trains through the two-sequence path with its image inputs."""
+def test_vision_student_packed(tmp_path):
+    """A vision (Mllama) student packs too: images once per pair, the cross-attention mask rebuilt over
+    [prompt, chosen, rejected]; log-probs, loss and gradients equal the two-sequence computation."""
     from mint_llama_vision import LlamaVisionConfig
     from mint_llama_vision.student import LlamaVisionStudent, collate
     from mint_llama_vision.testing import tiny_mllama_dir, write_tiny_pngs
 
+    from mint_orpo.loss import orpo_loss
     from mint_orpo.optimizer import encode_pairs
-    from mint_orpo.packing import collate_two_sequence, forward_pairs
+    from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs
     from mint_orpo.trainer import choose_packing
 
     torch.manual_seed(0)
@@ -305,24 +351,40 @@ def test_vision_student_two_sequence(tmp_path):
     for i, image in enumerate(images):
         tissues = ["adipose tissue", "lymphocytes", "mucus", "smooth muscle", "debris"]
         examples.append(PreferenceExample(
-            case_id=f"v{i}", prompt=Prompt(text="Which tissue types are in this tile?", image=image),
+            case_id=f"v{i}", prompt=Prompt(text="Which tissue types are in this tile?" + " Be brief." * i, image=image),
             chosen="Most likely tissue types:\n1. " + tissues[i], rejected="Most likely tissue types:\n1. " +
             "\n2. ".join(tissues[3:3 + 1 + i % 2])))
     sm = student.load(ctx=ctx, trainable=True)
     sm.model.eval()
     features = encode_pairs(sm, examples, max_length=512, max_prompt_length=256)
-    packed, _, reason = choose_packing(sm.model, "auto", features)
-    assert not packed and "image" in reason
-    with torch.no_grad():
-        stats = forward_pairs(sm.model, collate_two_sequence(features[:2], pad_id=sm.pad_id))
-        # Reference: the student's own encoding of prompt + rejected answer, one sequence.
-        enc = sm.encode(prompt=examples[1].prompt, completion=examples[1].rejected)
-        ref_batch = collate([enc], pad_id=sm.pad_id)
-        logits = sm.model(**ref_batch).logits[0, :-1].float()
+    packed, kind, reason = choose_packing(sm.model, "auto", features)
+    assert packed and kind == "bool", reason
+    batch = features[1:3]  # prompts and answers of different lengths: padding in every block
+    assert len({len(f["prompt_ids"]) for f in batch}) == 2 and len({len(f["rejected_ids"]) for f in batch}) == 2
+    results = {}
+    for name, collate_fn in (("packed", collate_packed), ("two", collate_two_sequence)):
+        sm.model.zero_grad()
+        collated = collate_fn(batch, pad_id=sm.pad_id)
+        assert collated["pixel_values"].shape[0] == (2 if name == "packed" else 4)  # images once per pair
+        stats = forward_pairs(sm.model, collated, mask_kind=kind)
+        loss, _ = orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], beta=0.1)
+        loss.backward()
+        results[name] = (stats, loss.detach(), _lora_grads(sm.model))
+    (sp, lp, gp), (st, lt, gt) = results["packed"], results["two"]
+    for key in ("chosen_logps_sum", "rejected_logps_sum", "nll"):
+        torch.testing.assert_close(sp[key], st[key], atol=1e-5, rtol=0)
+    assert abs(lp.item() - lt.item()) < 1e-5
+    assert gt and any(g.abs().max() > 1e-6 for g in gt.values())
+    for param in gt:
+        torch.testing.assert_close(gp[param], gt[param], atol=1e-5, rtol=1e-4)
+    sm.model.zero_grad()
+    with torch.no_grad():  # and both equal the student's own encoding of prompt + rejected answer
+        enc = sm.encode(prompt=examples[2].prompt, completion=examples[2].rejected)
+        logits = sm.model(**collate([enc], pad_id=sm.pad_id)).logits[0, :-1].float()
         p = enc["prompt_length"]
         ids = torch.tensor(enc["input_ids"])
         ref = torch.log_softmax(logits, -1)[torch.arange(p - 1, len(ids) - 1), ids[p:]].sum()
-    assert abs(stats["rejected_logps_sum"][1].item() - ref.item()) < 1e-4
+    assert abs(sp["rejected_logps_sum"][1].item() - ref.item()) < 1e-4
 
     result = _optimizer(max_steps=2, save_steps=5).train(student=student, examples=examples,
                                                          output_dir=run / "students" / "orpo", ctx=ctx)

@@ -26,8 +26,9 @@ class OrpoConfig(TrainingOptions):
     disable_dropout: bool = field(default=True, metadata={
         "help": "Turn dropout off in the model (LoRA dropout included), as TRL's ORPOTrainer does."})
     packing: str = field(default="auto", metadata={
-        "help": "auto: one [prompt, chosen, rejected] sequence per pair (shared prompt) when the model's attention "
-                "accepts custom 4D masks (sdpa, eager), else two sequences; packed; two-sequence."})
+        "help": "auto: one [prompt, chosen, rejected] sequence per pair (shared prompt; images once per pair for "
+                "Mllama) when the model's attention accepts custom 4D masks (sdpa, eager), else two sequences; "
+                "packed; two-sequence."})
     padding_free: str = field(default="auto", metadata={
         "help": "Put a batch's pairs back to back in one row, no padding. auto: where the attention skips the "
                 "work between sequences (flash-attention, flex), not with sdpa/eager's dense masks; true; false."})

@@ -30,7 +30,8 @@ mask at all: position ids restart at 0 for every sequence, which transformers re
 sequences (flash-attention's varlen kernels; a block-diagonal mask for sdpa/eager), so it serves
 students whose attention takes no custom 4D mask. Whether dropping the padding pays depends on
 the attention kernel: varlen/flash kernels skip the blocks between sequences; a dense 4D mask
-(sdpa, eager) computes attention over the whole row (see :func:`padding_free_for`).
+(sdpa, eager) computes attention over the whole row, so there the choice is made per batch from
+an estimate of both costs (:func:`layout_costs`).
 
 Every layout emits the same gather description: for every scored token, which row and kept column
 predicts it (``g_row``, ``g_col``), the token (``g_tok``), its pair (``g_pair``) and its kind
@@ -70,10 +71,14 @@ def _counts(features: Sequence[dict[str, Any]], nll_on_prompt: bool) -> dict[str
 
 def collate_packed(features: Sequence[dict[str, Any]], *, pad_id: int, nll_on_prompt: bool = True,
                    padding_free: bool = False) -> dict[str, Any]:
-    """The packed layout (see module docstring) for text-only pairs; ``padding_free``: all pairs in one row."""
-    if any(f.get("extras") for f in features):
-        raise ValueError("the packed layout takes text-only pairs; use collate_two_sequence for image inputs")
+    """The packed layout (see module docstring); ``padding_free``: all pairs in one row (text only).
+
+    Image inputs (Mllama's ``pixel_values`` ...) are stacked once per pair, so the vision encoder
+    also runs once per pair; ``cross_attention_mask`` follows the packed token layout.
+    """
     if padding_free:
+        if any(f.get("extras") for f in features):
+            raise ValueError("padding-free batches take text-only pairs (image inputs need one row per pair)")
         return _collate_packed_flat(features, nll_on_prompt=nll_on_prompt)
     p_max = max(len(f["prompt_ids"]) for f in features)
     c_max = max(len(f["chosen_ids"]) for f in features)
@@ -119,9 +124,36 @@ def collate_packed(features: Sequence[dict[str, Any]], *, pad_id: int, nll_on_pr
             add(i, p_max - 1 if j == 0 else p_max + c_max + j - 1, rejected[j], KIND_REJECTED)
 
     out: dict[str, Any] = {"input_ids": input_ids, "segment_ids": segment, "position_ids": positions,
-                           "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
+                           "logits_to_keep": torch.tensor(keep, dtype=torch.long),
+                           # the layout for pair-aware attention (mint_orpo.attention)
+                           "prompt_start": torch.tensor([p_max - len(f["prompt_ids"]) for f in features]),
+                           "block_sizes": torch.tensor([p_max, c_max, r_max])}
+    out.update(_packed_extras(features, p_max, c_max, length))
     out.update(_gather_fields(rows, cols, toks, pairs, kinds))
     out.update(_counts(features, nll_on_prompt))
+    return out
+
+
+def _packed_extras(features: Sequence[dict[str, Any]], p_max: int, c_max: int, length: int) -> dict[str, torch.Tensor]:
+    """A vision student's per-pair tensors for packed rows: images once per pair; ``cross_attention_mask``
+    (stored for the prompt, ``[prompt_len, images, tiles]``) placed under the left-padded prompt, and its
+    last row under every answer token (answers see the image like the tokens before them)."""
+    keys = sorted({k for f in features for k in (f.get("extras") or {})})
+    out: dict[str, torch.Tensor] = {}
+    for key in keys:
+        values = [torch.as_tensor(f["extras"][key]) for f in features]
+        if key not in SEQUENCE_EXTRAS:
+            out[key] = torch.stack(values)
+            continue
+        rows = []
+        for f, mask in zip(features, values):
+            p, c, r = len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])
+            row = mask.new_zeros((length, *mask.shape[1:]))
+            row[p_max - p:p_max] = mask
+            row[p_max:p_max + c] = mask[-1]
+            row[p_max + c_max:p_max + c_max + r] = mask[-1]
+            rows.append(row)
+        out[key] = torch.stack(rows)
     return out
 
 
@@ -186,7 +218,8 @@ def collate_two_sequence(features: Sequence[dict[str, Any]], *, pad_id: int,
     """The standard layout: rows ``[prompt+chosen_0..B-1, prompt+rejected_0..B-1]``, right-padded.
 
     Used as the reference in tests and as the fallback for models whose attention takes no custom
-    4D mask (vision students, flash-attention). Logits are still computed only at needed columns.
+    4D mask (flash-attention) and for vision students other than Mllama. Logits are still computed
+    only at needed columns.
     ``padding_free``: the same sequences back to back in one row, position ids restarting at 0.
     """
     batch = len(features)
@@ -276,14 +309,14 @@ def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype 
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "n_chosen", "n_rejected", "n_nll", "segment_ids",
-               "pair_ids", "logits_to_keep")
+               "pair_ids", "logits_to_keep", "prompt_start", "block_sizes")
 
 
 def mask_kind_for(model: Any) -> str | None:
     """The 4D mask form this model's attention takes (``bool`` sdpa, ``additive`` eager), or ``None`` if none."""
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None) if config is not None else None
-    return {"sdpa": "bool", "eager": "additive"}.get(impl or "")
+    return {"sdpa": "bool", "mint_pairs": "bool", "eager": "additive"}.get(impl or "")
 
 
 def varlen_attention(model: Any) -> bool:
@@ -291,6 +324,55 @@ def varlen_attention(model: Any) -> bool:
     config = getattr(model, "config", None)
     impl = str(getattr(config, "_attn_implementation", "") or "")
     return "flash" in impl or impl == "flex_attention"
+
+
+# How much slower attention runs per FLOP than the layers' matmuls: the FLOP ratio of one (query,
+# key) pair to one token is scaled by it. Fitted with benchmarks/padding_free.py on CPU sdpa (1.06:
+# attention's FLOPs cost about what GEMM FLOPs cost there); see benchmarks/README.md.
+ATTENTION_SLOWDOWN = 1.0
+
+
+def attention_weight(model: Any) -> float:
+    """Cost of one (query, key) attention pair relative to one token through the model's layers.
+
+    Per token, the decoder's matmuls cost ~2 FLOPs per non-embedding parameter; per (query, key)
+    pair, attention costs ~4 FLOPs per query-head dimension per layer (scores and weighted values).
+    """
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    head_dim = getattr(config, "head_dim", None) or (int(getattr(config, "hidden_size", 0) or 0) // max(heads, 1))
+    params = sum(p.numel() for p in model.parameters())
+    for embeddings in {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                       if m is not None and getattr(m, "weight", None) is not None}.values():
+        params -= embeddings.numel()
+    if params <= 0 or layers * heads * head_dim == 0:
+        return 0.0
+    return ATTENTION_SLOWDOWN * (4 * heads * head_dim * layers) / (2 * params)
+
+
+def layout_costs(features: Sequence[dict[str, Any]], *, packed: bool, attention_weight: float,
+                 pair_attention: bool = False) -> dict[str, float]:
+    """Estimated cost (token units) of padded rows vs one padding-free row under a dense mask.
+
+    ``tokens + attention_weight * (query, key) pairs computed``: padded rows pay for their padding,
+    the single row pays attention between every pair of its tokens (a dense mask skips nothing).
+    With ``pair_attention`` (packed rows under :mod:`mint_orpo.attention`) a padded row computes the
+    causal prompt block and each answer block against ``[prompt, itself]`` only.
+    """
+    if packed:
+        lengths = [len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features]
+        p, c, r = (max(len(f[k]) for f in features) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+        row, rows = p + c + r, len(features)
+        row_pairs = p * p / 2 + c * (p + c) + r * (p + r) if pair_attention else row * row
+    else:
+        lengths = [len(f["prompt_ids"]) + len(f[k]) for k in ("chosen_ids", "rejected_ids") for f in features]
+        row, rows = max(lengths), len(lengths)
+        row_pairs = row * row
+    total = sum(lengths)
+    return {"padded": rows * row + attention_weight * rows * row_pairs,
+            "padding_free": total + attention_weight * total * total}
 
 
 def pair_statistics(logits: torch.Tensor, batch: dict[str, Any], n_pairs: int) -> dict[str, torch.Tensor]:
@@ -329,6 +411,9 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
         dtype = _compute_dtype(model)
         kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype,
                                                    pair_ids=batch.get("pair_ids"))
+        if "prompt_start" in batch and getattr(getattr(model, "config", None), "_attn_implementation", "") == "mint_pairs":
+            # Pair-aware attention computes only the blocks the mask allows (mint_orpo.attention).
+            kwargs["mint_pairs"] = (batch["prompt_start"].tolist(), *(int(x) for x in batch["block_sizes"].tolist()))
     outputs = model(**kwargs, logits_to_keep=batch["logits_to_keep"], use_cache=False)
     return pair_statistics(outputs.logits, batch, n_pairs)
 

@@ -16,22 +16,34 @@ import torch
 from transformers import Trainer
 
 from mint_orpo.loss import orpo_loss
-from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, mask_kind_for, varlen_attention
+from mint_orpo.packing import (
+    collate_packed, collate_two_sequence, forward_pairs, layout_costs, mask_kind_for, varlen_attention,
+)
 
 
 @dataclass
 class PairCollator:
-    """Collates pair features into the packed layout, or the two-sequence one (``packed=False``);
-    ``padding_free`` puts the whole batch in one row (see :mod:`mint_orpo.packing`)."""
+    """Collates pair features into the packed layout, or the two-sequence one (``packed=False``).
+
+    ``padding_free``: True puts the whole batch in one row, False keeps one row per sequence, None
+    decides per batch by :func:`mint_orpo.packing.layout_costs` with ``attention_weight``.
+    """
 
     pad_id: int
     packed: bool = True
     nll_on_prompt: bool = True
-    padding_free: bool = False
+    padding_free: bool | None = False
+    attention_weight: float = 0.0
+    pair_attention: bool = False
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         collate = collate_packed if self.packed else collate_two_sequence
-        return collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt, padding_free=self.padding_free)
+        padding_free = self.padding_free
+        if padding_free is None:
+            costs = layout_costs(features, packed=self.packed, attention_weight=self.attention_weight,
+                                 pair_attention=self.pair_attention)
+            padding_free = costs["padding_free"] < costs["padded"]
+        return collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt, padding_free=padding_free)
 
 
 def choose_packing(model: Any, packing: str, features: Sequence[dict[str, Any]]) -> tuple[bool, str | None, str]:
@@ -42,8 +54,11 @@ def choose_packing(model: Any, packing: str, features: Sequence[dict[str, Any]])
     has_images = any(f.get("extras") for f in features)
     if packing == "two-sequence":
         return False, kind, "requested"
-    problem = ("the student passes image inputs (cross-attention masks follow the token layout)" if has_images
-               else None if kind else
+    # Image inputs pack where MINT knows how the model sees them: Mllama's images enter through
+    # cross-attention with a per-token mask, which the packed layout rebuilds (tests compare).
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    problem = (f"the student passes image inputs to a '{model_type}' model (packed only for mllama)"
+               if has_images and model_type != "mllama" else None if kind else
                f"attention '{getattr(model.config, '_attn_implementation', '?')}' takes no custom 4D mask")
     if problem:
         if packing == "packed":
@@ -52,13 +67,14 @@ def choose_packing(model: Any, packing: str, features: Sequence[dict[str, Any]])
     return True, kind, f"shared prompt, 4D {kind} mask"
 
 
-def choose_padding_free(model: Any, option: str, features: Sequence[dict[str, Any]]) -> tuple[bool, str]:
-    """(padding-free?, reason) for the ``padding_free`` option: auto, true, false.
+def choose_padding_free(model: Any, option: str, features: Sequence[dict[str, Any]]) -> tuple[bool | None, str]:
+    """(padding-free: True, False or None = per batch; reason) for the ``padding_free`` option: auto, true, false.
 
-    ``auto`` drops the padding where the attention kernel skips the work between packed sequences
-    (flash-attention's varlen kernels, flex attention). With sdpa or eager the row gets a dense mask
-    and attention runs over the whole batch's tokens, which costs more than the padding it saves
-    unless lengths vary a lot (figures in benchmarks/README.md), so ``auto`` keeps per-pair rows there.
+    ``auto``: always where the attention kernel skips the work between packed sequences
+    (flash-attention's varlen kernels, flex attention). Under sdpa or eager the single row gets a
+    dense mask, so attention runs over every pair of the batch's tokens: per batch, whichever of
+    padding and that attention is estimated cheaper (:func:`mint_orpo.packing.layout_costs`).
+    Image inputs always keep one row per pair.
     """
     text = str(option).strip().lower()
     if text not in {"auto", "true", "false"}:
@@ -68,8 +84,9 @@ def choose_padding_free(model: Any, option: str, features: Sequence[dict[str, An
             raise ValueError("optimizer.padding_free=true is not possible with image inputs; use auto or false")
         return False, "image inputs"
     if text == "auto":
-        on = varlen_attention(model)
-        return on, "varlen attention" if on else "dense-mask attention"
+        if varlen_attention(model):
+            return True, "varlen attention"
+        return None, "per batch: padding vs dense-mask attention, estimated"
     return text == "true", "requested"
 
 
