@@ -80,21 +80,18 @@ def loaded(tiny_dir, tmp_path_factory):
     return sm, features
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "mint_pairs"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("nll_on_prompt", [True, False])
 def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
-    from mint_orpo import attention
     from mint_orpo.loss import orpo_loss
     from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, mask_kind_for
 
     sm, features = loaded
     model = sm.model
-    attention.register()
-    # sdpa and eager take different mask forms; mint_pairs computes only the blocks the pair mask allows
-    model.base_model.model.config._attn_implementation = attn
+    model.base_model.model.config._attn_implementation = attn  # sdpa and eager take different mask forms
     try:
         kind = mask_kind_for(model)
-        assert kind == {"sdpa": "bool", "eager": "additive", "mint_pairs": "bool"}[attn]
+        assert kind == {"sdpa": "bool", "eager": "additive"}[attn]
         batch = features[:4]  # unequal prompt and answer lengths: padding in every block
         assert len({len(f["prompt_ids"]) for f in batch}) > 1 and len({len(f["chosen_ids"]) for f in batch}) > 1
         results = {}
@@ -135,28 +132,6 @@ def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
         model.base_model.model.config._attn_implementation = "sdpa"
         model.zero_grad()
 
-
-def test_pair_attention_reaches_the_attention_layers(loaded):
-    """The layout keyword travels through peft and the model to every attention call (a wrong layout raises
-    there), and enable() switches only sdpa text models."""
-    from types import SimpleNamespace
-
-    from mint_orpo import attention
-    from mint_orpo.packing import collate_packed, forward_pairs
-
-    sm, features = loaded
-    config = sm.model.base_model.model.config
-    assert attention.enable(sm.model) and config._attn_implementation == "mint_pairs"
-    try:
-        batch = collate_packed(features[:2], pad_id=sm.pad_token_id)
-        batch["block_sizes"] = batch["block_sizes"] + torch.tensor([0, 1, 0])
-        with torch.no_grad(), pytest.raises(ValueError, match="mint_pairs layout"):
-            forward_pairs(sm.model, batch, mask_kind="bool")
-    finally:
-        config._attn_implementation = "sdpa"
-    eager = SimpleNamespace(config=SimpleNamespace(_attn_implementation="eager"))
-    vision = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", text_config=object()))
-    assert not attention.enable(eager) and not attention.enable(vision)
 
 def test_packed_mask_layout():
     from mint_orpo.packing import build_pair_mask, collate_packed

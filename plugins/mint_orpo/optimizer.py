@@ -168,7 +168,6 @@ def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[st
                        trainer_cls: type | None = None, trainer_kwargs: dict[str, Any] | None = None) -> Any:
     from transformers import TrainingArguments
 
-    from mint_orpo import attention
     from mint_orpo.packing import attention_weight
     from mint_orpo.trainer import OrpoTrainer, PairCollator, choose_packing, choose_padding_free
 
@@ -178,10 +177,6 @@ def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[st
 
         disable_dropout_in_model(model)
     packed, mask_kind, reason = choose_packing(model, cfg.packing, features)
-    # Packed text rows: attention computes only the blocks the pair mask allows (mint_orpo.attention).
-    pair_attention = packed and not any(f.get("extras") for f in features) and attention.enable(model)
-    if pair_attention:
-        reason += ", pair-aware attention"
     padding_free, pf_reason = choose_padding_free(model, cfg.padding_free, features)
     nll_on_prompt = bool(getattr(cfg, "nll_on_prompt", False))  # only ORPO-like objectives have an NLL term
     if ctx is not None:
@@ -196,6 +191,5 @@ def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[st
     trainer_cls = trainer_cls or OrpoTrainer
     return trainer_cls(model=model, args=args, train_dataset=features,
                        data_collator=PairCollator(pad_id=int(pad_id), packed=packed, nll_on_prompt=nll_on_prompt,
-                                                 padding_free=padding_free, attention_weight=attention_weight(model),
-                                                 pair_attention=pair_attention),
+                                                 padding_free=padding_free, attention_weight=attention_weight(model)),
                        callbacks=list(callbacks), beta=cfg.beta, mask_kind=mask_kind, **(trainer_kwargs or {}))

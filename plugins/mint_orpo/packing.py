@@ -124,10 +124,7 @@ def collate_packed(features: Sequence[dict[str, Any]], *, pad_id: int, nll_on_pr
             add(i, p_max - 1 if j == 0 else p_max + c_max + j - 1, rejected[j], KIND_REJECTED)
 
     out: dict[str, Any] = {"input_ids": input_ids, "segment_ids": segment, "position_ids": positions,
-                           "logits_to_keep": torch.tensor(keep, dtype=torch.long),
-                           # the layout for pair-aware attention (mint_orpo.attention)
-                           "prompt_start": torch.tensor([p_max - len(f["prompt_ids"]) for f in features]),
-                           "block_sizes": torch.tensor([p_max, c_max, r_max])}
+                           "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
     out.update(_packed_extras(features, p_max, c_max, length))
     out.update(_gather_fields(rows, cols, toks, pairs, kinds))
     out.update(_counts(features, nll_on_prompt))
@@ -309,14 +306,14 @@ def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype 
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "n_chosen", "n_rejected", "n_nll", "segment_ids",
-               "pair_ids", "logits_to_keep", "prompt_start", "block_sizes")
+               "pair_ids", "logits_to_keep")
 
 
 def mask_kind_for(model: Any) -> str | None:
     """The 4D mask form this model's attention takes (``bool`` sdpa, ``additive`` eager), or ``None`` if none."""
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None) if config is not None else None
-    return {"sdpa": "bool", "mint_pairs": "bool", "eager": "additive"}.get(impl or "")
+    return {"sdpa": "bool", "eager": "additive"}.get(impl or "")
 
 
 def varlen_attention(model: Any) -> bool:
@@ -352,26 +349,21 @@ def attention_weight(model: Any) -> float:
     return ATTENTION_SLOWDOWN * (4 * heads * head_dim * layers) / (2 * params)
 
 
-def layout_costs(features: Sequence[dict[str, Any]], *, packed: bool, attention_weight: float,
-                 pair_attention: bool = False) -> dict[str, float]:
+def layout_costs(features: Sequence[dict[str, Any]], *, packed: bool, attention_weight: float) -> dict[str, float]:
     """Estimated cost (token units) of padded rows vs one padding-free row under a dense mask.
 
-    ``tokens + attention_weight * (query, key) pairs computed``: padded rows pay for their padding,
-    the single row pays attention between every pair of its tokens (a dense mask skips nothing).
-    With ``pair_attention`` (packed rows under :mod:`mint_orpo.attention`) a padded row computes the
-    causal prompt block and each answer block against ``[prompt, itself]`` only.
+    ``tokens + attention_weight * (query, key) pairs``: padded rows pay for their padding, the single
+    row pays attention between every pair of its tokens (a dense mask skips nothing).
     """
     if packed:
         lengths = [len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features]
-        p, c, r = (max(len(f[k]) for f in features) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
-        row, rows = p + c + r, len(features)
-        row_pairs = p * p / 2 + c * (p + c) + r * (p + r) if pair_attention else row * row
+        row = sum(max(len(f[k]) for f in features) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+        rows = len(features)
     else:
         lengths = [len(f["prompt_ids"]) + len(f[k]) for k in ("chosen_ids", "rejected_ids") for f in features]
         row, rows = max(lengths), len(lengths)
-        row_pairs = row * row
     total = sum(lengths)
-    return {"padded": rows * row + attention_weight * rows * row_pairs,
+    return {"padded": rows * row + attention_weight * rows * row * row,
             "padding_free": total + attention_weight * total * total}
 
 
@@ -411,9 +403,6 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
         dtype = _compute_dtype(model)
         kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype,
                                                    pair_ids=batch.get("pair_ids"))
-        if "prompt_start" in batch and getattr(getattr(model, "config", None), "_attn_implementation", "") == "mint_pairs":
-            # Pair-aware attention computes only the blocks the mask allows (mint_orpo.attention).
-            kwargs["mint_pairs"] = (batch["prompt_start"].tolist(), *(int(x) for x in batch["block_sizes"].tolist()))
     outputs = model(**kwargs, logits_to_keep=batch["logits_to_keep"], use_cache=False)
     return pair_statistics(outputs.logits, batch, n_pairs)
 

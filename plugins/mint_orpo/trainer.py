@@ -34,14 +34,12 @@ class PairCollator:
     nll_on_prompt: bool = True
     padding_free: bool | None = False
     attention_weight: float = 0.0
-    pair_attention: bool = False
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         collate = collate_packed if self.packed else collate_two_sequence
         padding_free = self.padding_free
         if padding_free is None:
-            costs = layout_costs(features, packed=self.packed, attention_weight=self.attention_weight,
-                                 pair_attention=self.pair_attention)
+            costs = layout_costs(features, packed=self.packed, attention_weight=self.attention_weight)
             padding_free = costs["padding_free"] < costs["padded"]
         return collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt, padding_free=padding_free)
 
