@@ -30,8 +30,9 @@ class OrpoConfig(TrainingOptions):
                 "Mllama) when the model's attention accepts custom 4D masks (sdpa, eager), else two sequences; "
                 "packed; two-sequence."})
     padding_free: str = field(default="auto", metadata={
-        "help": "Put a batch's pairs back to back in one row, no padding. auto: where the attention skips the "
-                "work between sequences (flash-attention, flex), not with sdpa/eager's dense masks; true; false."})
+        "help": "Put a batch's pairs back to back in one row, no padding. auto: always with flash/flex attention "
+                "(they skip the work between sequences); with sdpa/eager (dense mask) per batch, when the padding "
+                "saved outweighs the attention added (estimated); true; false."})
 
 
 @hookimpl

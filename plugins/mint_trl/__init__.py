@@ -34,7 +34,8 @@ class DpoConfig(TrainingOptions):
     packing: str = field(default="auto", metadata={
         "help": "impl=mint: auto (shared-prompt rows where the attention takes 4D masks), packed, two-sequence."})
     padding_free: str = field(default="auto", metadata={
-        "help": "impl=mint: one row per batch without padding: auto (flash/flex attention only), true, false."})
+        "help": "impl=mint: one row per batch without padding: auto (flash/flex always, sdpa/eager per batch by "
+                "estimated cost), true, false."})
 
 
 @dataclass
