@@ -1,8 +1,8 @@
 """DPO on MINT's shared-prompt packed pairs (``optimizer=dpo``, ``impl=mint``, the default for text students).
 
-The ``dpo`` optimizer is registered by ``mint_trl`` (TRL's ``DPOTrainer`` stays the reference and
-the path for image students and TRL-only loss types); for text students with the ``sigmoid`` loss
-it hands training to :class:`PackedDpoOptimizer`. What carries over from ORPO:
+The ``dpo`` optimizer is registered by ``mint_trl`` (TRL's ``DPOTrainer`` stays the reference,
+``impl=trl``, and the path for TRL-only loss types); with the ``sigmoid`` loss it hands training
+to :class:`PackedDpoOptimizer`, text and Mllama vision students alike. What carries over from ORPO:
 
 - the policy forward is one ``[prompt, chosen, rejected]`` row per pair (see
   :mod:`mint_orpo.packing`), with the vocabulary projection on answer tokens only (DPO has no NLL

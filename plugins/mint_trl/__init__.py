@@ -1,7 +1,7 @@
 """MINT optimizers through TRL: DPO, KTO and the SFT baseline, each with LoRA (peft).
 
-Registers the optimizers ``dpo`` (TRL ``DPOTrainer``; for text students MINT's shared-prompt
-packed trainer, :mod:`mint_orpo.dpo`, with the same loss), ``kto`` (``KTOTrainer``) and ``sft``
+Registers the optimizers ``dpo`` (MINT's shared-prompt packed trainer, :mod:`mint_orpo.dpo`, for
+the sigmoid loss; TRL's ``DPOTrainer`` for its other losses or with ``impl=trl``: same loss), ``kto`` (``KTOTrainer``) and ``sft``
 (``SFTTrainer``). Options are the common trainer options of :mod:`mint_orpo.common`
 (``optimizer.epochs``, ``optimizer.max_steps``, ...) plus each method's own. Heavy code lives in
 :mod:`mint_trl.optimizer`; the Mllama cross-attention fix in :mod:`mint_trl.vision`.
@@ -25,8 +25,8 @@ class DpoConfig(TrainingOptions):
     """DPO options. ``beta`` is DPO's β (strength of the KL constraint to the reference)."""
 
     impl: str = field(default="auto", metadata={
-        "help": "auto: MINT's shared-prompt packed trainer (mint) for text students with loss_type=sigmoid, else "
-                "TRL's DPOTrainer (trl); mint; trl. Both compute the same loss."})
+        "help": "auto: MINT's shared-prompt packed trainer (mint) when loss_type=sigmoid, else TRL's DPOTrainer "
+                "(trl); mint; trl. Both compute the same loss."})
     init_adapter: str = field(default="", metadata={"help": _INIT_HELP})
     loss_type: str = field(default="sigmoid", metadata={
         "help": "TRL DPO loss: sigmoid (DPO), hinge, ipo, robust, ...; comma-separate to combine (impl=trl)."})
@@ -61,7 +61,7 @@ class SftConfig(TrainingOptions):
 @hookimpl
 def mint_register_optimizers(register):
     register("dpo", _make("dpo"), config=DpoConfig,
-             description="DPO (LoRA; packed shared-prompt trainer for text, TRL DPOTrainer otherwise); "
+             description="DPO (LoRA; packed shared-prompt trainer, TRL DPOTrainer for other loss types); "
                          "reference = adapter-free base or the init_adapter (e.g. SFT)",
              pairs_with={"builder": "topk"})
     register("kto", _make("kto"), config=KtoConfig,

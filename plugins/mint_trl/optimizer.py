@@ -166,8 +166,7 @@ class DpoOptimizer(TrlOptimizer):
         cfg = self.config
         as_rows(examples, self.method)  # the same clear error for non-pairs, whichever trainer runs
         losses = [name.strip() for name in str(cfg.loss_type).split(",") if name.strip()] or ["sigmoid"]
-        problem = ("image students use TRL's vision collators" if getattr(student, "modality", "text") != "text"
-                   else None if losses == ["sigmoid"] else f"loss_type={cfg.loss_type!r} is TRL's only")
+        problem = None if losses == ["sigmoid"] else f"loss_type={cfg.loss_type!r} is TRL's only"
         if cfg.impl == "mint" and problem:
             raise MintError(f"optimizer.impl=mint is not possible here: {problem}; use optimizer.impl=auto or trl")
         if cfg.impl == "trl" or problem:
