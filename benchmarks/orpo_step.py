@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--answer-only-nll", action="store_true",
                         help="MINT side with nll_on_prompt=false (not loss-comparable with TRL)")
     parser.add_argument("--padding-free", action="store_true",
-                        help="MINT side with padding_free=true (the batch's pairs in one row, dense 4D mask)")
+                        help="MINT side with padding_free=true (the batch's pairs in one row, dense 4D mask); "
+                             "default: auto, MINT's default")
     parser.add_argument("--prompt-spread", type=int, default=0,
                         help="vary prompt lengths by up to +-N tokens (padding matters only when lengths vary)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-side memory probes (CPU)")
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "batch_size": args.batch_size, "steps": args.steps, "mean_prompt_tokens": round(statistics.mean(p_lens), 1),
         "prompt_tokens_range": [min(p_lens), max(p_lens)], "mean_answer_tokens": round(a_len, 1),
-        "mint_nll_on_prompt": not args.answer_only_nll, "mint_padding_free": args.padding_free,
+        "mint_nll_on_prompt": not args.answer_only_nll, "mint_padding_free": "true" if args.padding_free else "auto",
         "mint_step_s": round(mint_t, 4), "trl_step_s": round(trl_t, 4), "ratio": round(mint_t / trl_t, 4),
         # CPU seconds of the whole process during the step: less sensitive to a shared machine's load.
         "cpu_ratio": round(statistics.median(sides["mint"]["cpu"][args.warmup:])
@@ -273,7 +274,8 @@ def build_side(impl: str, student, ctx, args, tmp: Path) -> dict:
     cfg = OrpoConfig(impl=impl, batch_size=args.batch_size, learning_rate=args.lr, lr_scheduler="constant",
                      bf16="true" if args.bf16 else "false", max_steps=args.steps + args.warmup,
                      nll_on_prompt=not (impl == "mint" and args.answer_only_nll),
-                     padding_free="true" if (impl == "mint" and args.padding_free) else "false", seed=args.seed)
+                     # MINT's default (auto: padded rows for these batches under sdpa, see padding_free.py)
+                     padding_free="true" if args.padding_free else "auto", seed=args.seed)
     # Same seed and student on both sides: identical pairs and token ids.
     examples = make_examples(sm, args.batch_size * (args.steps + args.warmup), prompt_tokens=args.prompt_tokens,
                              answer_tokens=(lo, hi), seed=args.seed, spread=args.prompt_spread)
