@@ -54,36 +54,32 @@ def reference_weights(model: Any) -> Iterator[None]:
     """The DPO reference inside a peft model: the frozen ``ref`` adapter if loaded, else no adapter."""
     if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
         active = model.active_adapter
-        model.set_adapter(REFERENCE_ADAPTER)
+        model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)  # activated frozen
         try:
             yield
         finally:
-            model.set_adapter(active)
-            # set_adapter marks the adapter it activates trainable; the reference must stay frozen.
-            for name, param in model.named_parameters():
-                if f".{REFERENCE_ADAPTER}." in name:
-                    param.requires_grad_(False)
+            model.set_adapter(active)  # peft makes `active` trainable again and freezes the others
     else:
         with model.disable_adapter():
             yield
 
 
 def _trainer_class() -> type:
-    from mint_orpo.packing import forward_pairs
     from mint_orpo.trainer import OrpoTrainer
 
     class PackedDpoTrainer(OrpoTrainer):
         """MINT's packed trainer with DPO's objective: a policy and a reference packed forward per batch."""
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            stats = forward_pairs(model, inputs, mask_kind=self.mask_kind)
+        def pair_statistics(self, model, inputs):
+            stats = super().pair_statistics(model, inputs)
             with torch.no_grad(), reference_weights(self.accelerator.unwrap_model(model)):
-                ref = forward_pairs(model, inputs, mask_kind=self.mask_kind)
-            loss, metrics = dpo_loss(stats["chosen_logps_sum"], stats["rejected_logps_sum"],
-                                     ref["chosen_logps_sum"], ref["rejected_logps_sum"], self.beta)
-            for key, value in metrics.items():
-                self._stored[key].append(float(self.accelerator.gather_for_metrics(value.reshape(1)).mean()))
-            return (loss, {**stats, **metrics}) if return_outputs else loss
+                ref = super().pair_statistics(model, inputs)
+            return {**stats, "ref_chosen_logps_sum": ref["chosen_logps_sum"],
+                    "ref_rejected_logps_sum": ref["rejected_logps_sum"]}
+
+        def pair_loss(self, stats):
+            return dpo_loss(stats["chosen_logps_sum"], stats["rejected_logps_sum"], stats["ref_chosen_logps_sum"],
+                            stats["ref_rejected_logps_sum"], self.beta)
 
     return PackedDpoTrainer
 

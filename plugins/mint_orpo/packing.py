@@ -173,14 +173,21 @@ def _collate_packed_flat(features: Sequence[dict[str, Any]], *, nll_on_prompt: b
             scored += [(s + t - 1, prompt[t], i, KIND_PROMPT) for t in range(1, p)]
         scored += [(s + p - 1 if j == 0 else s + p + j - 1, chosen[j], i, KIND_CHOSEN) for j in range(c)]
         scored += [(s + p - 1 if j == 0 else s + p + c + j - 1, rejected[j], i, KIND_REJECTED) for j in range(r)]
+    out: dict[str, Any] = {"input_ids": torch.tensor([ids]), "segment_ids": torch.tensor([segment], dtype=torch.int8),
+                           "pair_ids": torch.tensor([pair_ids]), "position_ids": torch.tensor([positions])}
+    out.update(_one_row_gather(scored))
+    out.update(_counts(features, nll_on_prompt))
+    return out
+
+
+def _one_row_gather(scored: list[tuple[int, int, int, int]]) -> dict[str, torch.Tensor]:
+    """``logits_to_keep`` and the gather fields of a padding-free row from its scored tokens
+    ``(predicting column, token, pair, kind)``: only the predicting columns are projected."""
     keep = sorted({col for col, *_ in scored})
     col_index = {col: k for k, col in enumerate(keep)}
-    out: dict[str, Any] = {"input_ids": torch.tensor([ids]), "segment_ids": torch.tensor([segment], dtype=torch.int8),
-                           "pair_ids": torch.tensor([pair_ids]), "position_ids": torch.tensor([positions]),
-                           "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
+    out = {"logits_to_keep": torch.tensor(keep, dtype=torch.long)}
     out.update(_gather_fields([0] * len(scored), [col_index[col] for col, *_ in scored], [t for _, t, _, _ in scored],
                               [pair for *_, pair, _ in scored], [kind for *_, kind in scored]))
-    out.update(_counts(features, nll_on_prompt))
     return out
 
 
@@ -266,13 +273,9 @@ def _collate_two_sequence_flat(features: Sequence[dict[str, Any]], seqs: list[li
             first = 1 if (nll_on_prompt and kind == KIND_CHOSEN) else p
             scored += [(starts[row] + t - 1, seqs[row][t], i, KIND_PROMPT if t < p else kind)
                        for t in range(first, len(seqs[row]))]
-    keep = sorted({col for col, *_ in scored})
-    col_index = {col: k for k, col in enumerate(keep)}
     out: dict[str, Any] = {"input_ids": torch.tensor([[t for s in seqs for t in s]]),
-                           "position_ids": torch.tensor([[k for s in seqs for k in range(len(s))]]),
-                           "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
-    out.update(_gather_fields([0] * len(scored), [col_index[col] for col, *_ in scored], [t for _, t, _, _ in scored],
-                              [pair for *_, pair, _ in scored], [kind for *_, kind in scored]))
+                           "position_ids": torch.tensor([[k for s in seqs for k in range(len(s))]])}
+    out.update(_one_row_gather(scored))
     out.update(_counts(features, nll_on_prompt))
     return out
 

@@ -101,13 +101,20 @@ class OrpoTrainer(Trainer):
         self._stored: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        stats = forward_pairs(model, inputs, mask_kind=self.mask_kind)
+        stats = self.pair_statistics(model, inputs)
         loss, metrics = self.pair_loss(stats)
         for key, value in metrics.items():
             self._stored[key].append(float(self.accelerator.gather_for_metrics(value.reshape(1)).mean()))
         if return_outputs:
             return loss, {**stats, **metrics}
         return loss
+
+    def pair_statistics(self, model: Any, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The batch's pair statistics (:func:`mint_orpo.packing.pair_statistics`) that :meth:`pair_loss` reads.
+
+        Objectives with a reference model (DPO) extend them with the reference's statistics.
+        """
+        return forward_pairs(model, inputs, mask_kind=self.mask_kind)
 
     def pair_loss(self, stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of a batch from its pair statistics (``chosen_logps`` and ``rejected_logps``: mean

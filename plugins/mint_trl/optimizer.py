@@ -165,8 +165,7 @@ class DpoOptimizer(TrlOptimizer):
         """DPO through MINT's packed trainer (:mod:`mint_orpo.dpo`) where it applies, else TRL's DPOTrainer."""
         cfg = self.config
         as_rows(examples, self.method)  # the same clear error for non-pairs, whichever trainer runs
-        losses = [name.strip() for name in str(cfg.loss_type).split(",") if name.strip()] or ["sigmoid"]
-        problem = None if losses == ["sigmoid"] else f"loss_type={cfg.loss_type!r} is TRL's only"
+        problem = None if self.loss_types() == ["sigmoid"] else f"loss_type={cfg.loss_type!r} is TRL's only"
         if cfg.impl == "mint" and problem:
             raise MintError(f"optimizer.impl=mint is not possible here: {problem}; use optimizer.impl=auto or trl")
         if cfg.impl == "trl" or problem:
@@ -179,12 +178,15 @@ class DpoOptimizer(TrlOptimizer):
         packed = PackedDpoOptimizer(replace(cfg, impl="mint"))
         return packed.train(student=student, examples=examples, output_dir=output_dir, ctx=ctx, callbacks=callbacks)
 
+    def loss_types(self) -> list[str]:
+        """``loss_type`` as TRL's list (comma-separated names; empty means sigmoid)."""
+        return [name.strip() for name in str(self.config.loss_type).split(",") if name.strip()] or ["sigmoid"]
+
     def trl_config(self, common: dict[str, Any]) -> Any:
         from trl import DPOConfig
 
         cfg = self.config
-        losses = [name.strip() for name in str(cfg.loss_type).split(",") if name.strip()]
-        return DPOConfig(**common, beta=float(cfg.beta), loss_type=losses or ["sigmoid"],
+        return DPOConfig(**common, beta=float(cfg.beta), loss_type=self.loss_types(),
                          label_smoothing=float(cfg.label_smoothing), max_length=int(cfg.max_length),
                          truncation_mode="keep_start", disable_dropout=True)
 
