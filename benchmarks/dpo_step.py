@@ -27,21 +27,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from orpo_step import make_examples  # noqa: E402  (the same MINT-shaped pairs)
+from orpo_step import add_pair_arguments, make_examples, report  # noqa: E402  (same pairs and options)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="student.model (default: the llama-text default, SmolLM2)")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per side")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side first")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--prompt-tokens", type=int, default=400)
-    parser.add_argument("--answer-tokens", default="60-80")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_pair_arguments(parser, steps=4)
     args = parser.parse_args(argv)
 
     import torch
@@ -98,12 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_abs_loss_diff": max(abs(a - b) for a, b in zip(sides["mint"]["losses"], sides["trl"]["losses"])),
         "max_abs_margin_diff": max(abs(a - b) for a, b in zip(sides["mint"]["margins"], sides["trl"]["margins"])),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>20}: {value}")
-    return result
+    return report(result, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -142,14 +142,34 @@ class PeakMemory:
         return False
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_pair_arguments(parser: argparse.ArgumentParser, *, steps: int) -> None:
+    """The options every step benchmark shares: student, MINT-shaped pairs, timing, output."""
     parser.add_argument("--model", default=None, help="student.model (default: the llama-text default, SmolLM2)")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per side")
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side first")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=400)
     parser.add_argument("--answer-tokens", default="60-80")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def report(result: dict, *, as_json: bool) -> dict:
+    """Print a benchmark's result: one JSON line (``--json``), else one aligned ``key: value`` per line."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        width = max(len(key) for key in result)
+        for key, value in result.items():
+            print(f"{key:>{width}}: {value}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_pair_arguments(parser, steps=6)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for both sides")
     parser.add_argument("--answer-only-nll", action="store_true",
                         help="MINT side with nll_on_prompt=false (not loss-comparable with TRL)")
@@ -160,10 +180,6 @@ def main(argv: list[str] | None = None) -> dict:
                         help="vary prompt lengths by up to +-N tokens (padding matters only when lengths vary)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-side memory probes (CPU)")
     parser.add_argument("--only", choices=["mint", "trl"], help=argparse.SUPPRESS)  # memory probe child
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
 
     import torch
@@ -192,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
         model.train()
         autocast = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16)
         # On CPU only the memory probe children sample RSS: the sampling thread would slow the timed steps.
-        with (PeakMemory(cuda) if cuda or args.only else contextlib.nullcontext(PeakMemory(cuda))) as mem:
+        mem = PeakMemory(cuda)
+        with mem if cuda or args.only else contextlib.nullcontext():
             start, cpu_start = time.perf_counter(), time.process_time()
             with autocast:
                 loss = trainer.compute_loss(model, inputs)
@@ -248,12 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mint_peak_mem_mb": _round(memory["mint"]), "trl_peak_mem_mb": _round(memory["trl"]),
         "memory_measure": memory_measure,
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>22}: {value}")
-    return result
+    return report(result, as_json=args.json)
 
 
 def _round(value: float | None) -> float | None:

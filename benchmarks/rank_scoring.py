@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import random
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from orpo_step import DISEASES, PHRASES  # noqa: E402  (same MINT-shaped vocabulary)
+from orpo_step import DISEASES, PHRASES, report  # noqa: E402  (same MINT-shaped vocabulary)
 
 EXTRA = ["Alport syndrome", "Fabry disease", "Pompe disease", "Gaucher disease type 1", "Niemann-Pick disease type C",
          "Tuberous sclerosis 1", "Neurofibromatosis type 1", "Fragile X syndrome", "Turner syndrome",
@@ -132,12 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fp64_check": f"{min(args.fp64_cases, len(prompts))} cases x {min(args.fp64_labels, len(candidates))} labels",
         "same_top1": f"{same_argmax}/{len(prompts)}",
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>20}: {value}")
-    return result
+    return report(result, as_json=args.json)
 
 
 def fp64_parity(cfg, ctx, prompts: list, candidates: list[str], batch_size: int) -> float | None:
