@@ -53,6 +53,14 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def require_4bit(device: torch.device) -> None:
+    """A clear error unless ``student.load_in_4bit=true`` can work here: a CUDA device and bitsandbytes."""
+    if device.type != "cuda":
+        raise MintError("student.load_in_4bit=true needs a CUDA GPU; set student.load_in_4bit=false on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MintError("student.load_in_4bit=true needs bitsandbytes: pip install bitsandbytes")
+
+
 def _common_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
     """The longest run of leading tokens all ``rows`` share ([] for no rows)."""
     if not rows:
@@ -350,9 +358,7 @@ class LlamaTextStudent(Student):
         dtype = pick_dtype(cfg.dtype, device)
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False, "use_safetensors": True}
         if cfg.load_in_4bit:
-            if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
-                raise MintError("student.load_in_4bit=true needs a CUDA GPU and the bitsandbytes package "
-                                "(pip install bitsandbytes); set student.load_in_4bit=false on CPU.")
+            require_4bit(device)
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(

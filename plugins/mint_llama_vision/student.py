@@ -21,7 +21,7 @@ import torch
 from mint_core.components import Student, StudentModel
 from mint_core.registry import MintError
 from mint_core.types import Prompt
-from mint_llama.student import pick_device, pick_dtype  # shared with the text student
+from mint_llama.student import pick_device, pick_dtype, require_4bit  # shared with the text student
 from mint_llama_vision import TINY, LlamaVisionConfig
 
 if TYPE_CHECKING:
@@ -132,15 +132,11 @@ class LlamaVisionStudent(Student):
 
 
 def _four_bit_kwargs(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    if device.type != "cuda":
-        raise MintError("student.load_in_4bit=true needs a CUDA GPU; set student.load_in_4bit=false on CPU")
+    require_4bit(device)
     if dtype == torch.float32:
         dtype = torch.bfloat16  # 4-bit compute in fp32 is slow for nothing
-    try:
-        from transformers import BitsAndBytesConfig
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise MintError("student.load_in_4bit=true needs bitsandbytes: pip install bitsandbytes") from exc
+    from transformers import BitsAndBytesConfig
+
     # The vision tower and projector stay in full precision: quantizing them costs accuracy for little memory.
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                                bnb_4bit_use_double_quant=True,
