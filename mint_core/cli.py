@@ -211,7 +211,7 @@ def eval_command(roles: str, **kwargs: Any) -> None:
         chosen = ["base"]
         if (run.student_dir(run.config["optimizer"]["name"]) / "result.json").exists():
             chosen.append(run.config["optimizer"]["name"])
-    _show(run.evaluate(chosen))
+    _show(run.evaluate(chosen), run_dir=run.run_dir)
 
 
 @cli.command()
@@ -222,7 +222,7 @@ def run(**kwargs: Any) -> None:
     mint_run.teach()
     mint_run.prefs()
     mint_run.train()
-    _show(mint_run.evaluate(["base", mint_run.config["optimizer"]["name"]]))
+    _show(mint_run.evaluate(["base", mint_run.config["optimizer"]["name"]]), run_dir=mint_run.run_dir)
     err_console.print(f"report: {mint_run.run_dir / 'report.md'}")
 
 
@@ -240,10 +240,16 @@ def compare(methods: str, **kwargs: Any) -> None:
     _show(results, title="MINT comparison")
 
 
-def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results") -> None:
-    from mint_core.pipeline import metrics_table
+def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results", run_dir: Path | None = None) -> None:
+    """The closing tables (fit 100 columns), then the paired differences the run saved in deltas.json."""
+    from mint_core import io
+    from mint_core.pipeline import deltas_table, metrics_tables
 
-    console.print(metrics_table(all_metrics, title=title))
+    for table in metrics_tables(all_metrics, title=title):
+        console.print(table)
+    deltas_path = run_dir / "deltas.json" if run_dir is not None else None
+    if deltas_path is not None and deltas_path.exists() and io.read_json(deltas_path):
+        console.print(deltas_table(io.read_json(deltas_path)))
 
 
 def main() -> None:

@@ -44,6 +44,15 @@ class Task(ABC):
     def prompt(self, *, case: Case, n_answers: int) -> Prompt:
         """The student's unimodal view of ``case``: a question asking for ``n_answers`` labels."""
 
+    def content_free_prompt(self, *, n_answers: int) -> Prompt | None:
+        """The question of :meth:`prompt` with no findings (no notes, no image), or ``None``.
+
+        Ranking evaluation subtracts each label's score under this prompt (``eval.calibration=
+        content-free``) to remove the student's prior for the label's name. ``None``: the task
+        builds no such prompt (that calibration is then refused with a clear message).
+        """
+        return None
+
 
 class Teacher(ABC):
     """A multimodal model that ranks the whole label space for each case."""

@@ -122,7 +122,8 @@ def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
 #: (``optimizer.max_steps=-1`` trains full epochs). Keys a component lacks are ignored.
 DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "optimizer": {"max_steps": 12, "learning_rate": 5e-4},
-    "eval": {"max_cases": 16, "batch_size": 16, "mode": "both"},
+    # Every test case in both modes (hpo-sim: 60), generation capped for larger splits; see issue 10.
+    "eval": {"max_cases": None, "max_generation_cases": 100, "batch_size": 16, "mode": "both"},
 }
 
 

@@ -31,7 +31,7 @@ from mint_core import io
 from mint_core.config import build_config, instantiate
 from mint_core.context import RunContext
 from mint_core.registry import MintError, Registry
-from mint_core.types import Case, LabelSpace, PreferenceExample, Ranking, TaskData
+from mint_core.types import Case, LabelSpace, PreferenceExample, Prompt, Ranking, TaskData
 
 log = logging.getLogger("mint")
 
@@ -271,19 +271,27 @@ class Run:
         io.write_json(marker, {"fingerprint": fp})
 
     def evaluate(self, roles: Iterable[str], optimizer_sections: dict[str, dict[str, Any]] | None = None) -> dict:
-        """Evaluate the base student and/or trained students; returns metrics.json's content."""
-        from mint_core.evaluation import evaluate_generation, evaluate_ranking
+        """Evaluate the base student and/or trained students; returns metrics.json's content.
+
+        Per role: ``predictions/<role>.jsonl`` (per-case answers, outcomes and every label's raw
+        score) and, in ranking mode, ``predictions/<role>.calibration.json`` (the calibration
+        reference). Then ``deltas.json`` pairs every evaluated role with base (and sft).
+        """
+        import dataclasses
+
+        from mint_core.evaluation import EvalConfig, calibration_reference, evaluate
 
         data, rankings = self.load_data(), self.load_rankings()
-        cases = select_cases(data.split("test"), self.config["eval"].get("max_cases"))
+        eval_cfg = EvalConfig(**self.config["eval"])
+        cases = select_cases(data.split("test"), eval_cfg.max_cases)
         if not cases:
             raise MintError("No test cases to evaluate: raise task.test_fraction or add data.")
-        eval_cfg = self.config["eval"]
+        ranking = eval_cfg.mode in ("ranking", "both")
+        reference_cases = select_cases(data.split("val") or data.split("train"), eval_cfg.calibration_cases)
         task, student = self.component("task"), self.component("student")
         ks, n_answers = self.ks(data), self.n_answers()
         for role in roles:
-            adapter_dir, prompts, optimizer_obj = None, None, None
-            section = None
+            adapter_dir, section = None, None
             if role != BASE_ROLE:
                 result_path = self.student_dir(role) / "result.json"
                 if not result_path.exists():
@@ -293,65 +301,88 @@ class Run:
                 section = result["optimizer"]
             fp = fingerprint(self.section_fp("task", "teacher", "student", "eval"), section,
                              _mtime(self.student_dir(role) / "result.json"), n_answers)
-            pred_path = self.run_dir / "predictions" / f"{role}.jsonl"
-            if self._is_done(f"eval:{role}", fp, pred_path):
+            pred_path, calibration_path = self.prediction_paths(role)
+            if self._is_done(f"eval:{role}", fp, pred_path, *([calibration_path] if ranking else [])):
                 self.ctx.log(f"[dim]eval: {role} already done[/dim]")
                 continue
             seed_everything(self.ctx.seed)
-            if section is not None:
-                spec = self.registry.get("optimizer", role)
-                options = {k: v for k, v in section.items() if k != "name"}
-                optimizer_obj = spec.create(build_config(spec.config, options, section="optimizer", component=role))
-                base_prompts = [task.prompt(case=c, n_answers=n_answers) for c in cases]
-                prompts = optimizer_obj.augment_prompts(prompts=base_prompts, cases=cases,
-                                                        output_dir=self.student_dir(role), ctx=self.ctx)
+            prompts = reference_prompts = None
+            if section is not None:  # an optimizer may rewrite evaluation prompts (retrieval)
+                prompts = self._augmented_prompts(role, section, cases, n_answers)
+                reference_prompts = self._augmented_prompts(role, section, reference_cases, n_answers)
             self.ctx.log(f"eval: {role} on {len(cases)} test cases"
                          + (f" (adapter {adapter_dir})" if adapter_dir else ""))
             start = time.perf_counter()
             model = student.load(ctx=self.ctx, adapter_dir=adapter_dir, trainable=False)
-            metrics: dict[str, Any] = {}
-            predictions: list[dict[str, Any]] = []
-            if eval_cfg["mode"] in ("generation", "both"):
-                metrics, predictions = evaluate_generation(
-                    student_model=model, task=task, data=data, cases=cases, rankings=rankings, n_answers=n_answers,
-                    ks=ks, batch_size=eval_cfg["batch_size"], max_new_tokens=eval_cfg["max_new_tokens"],
-                    prompts=prompts, threshold=eval_cfg["fuzzy_threshold"], ctx=self.ctx,
-                    teacher_k=n_answers, teacher_q=self.config["builder"].get("q") or n_answers)
-            if eval_cfg["mode"] in ("ranking", "both"):
-                rank_metrics, rank_predictions = evaluate_ranking(
-                    student_model=model, task=task, data=data, cases=cases, n_answers=n_answers, ks=ks,
-                    batch_size=eval_cfg["batch_size"], prompts=prompts, ctx=self.ctx)
-                metrics.update(rank_metrics)
-                predictions = _merge_predictions(predictions, rank_predictions)
+            reference = None
+            if ranking:
+                reference = calibration_reference(
+                    method=eval_cfg.calibration, student_model=model, task=task, data=data, n_answers=n_answers,
+                    batch_size=eval_cfg.batch_size, cases=reference_cases, prompts=reference_prompts, ctx=self.ctx)
+                io.write_json(calibration_path, reference)
+            metrics, predictions = evaluate(
+                config=dataclasses.replace(eval_cfg, max_cases=None), student_model=model, task=task, data=data,
+                rankings=rankings, n_answers=n_answers, cases=cases, prompts=prompts, ctx=self.ctx, ks=ks,
+                teacher_q=self.config["builder"].get("q") or n_answers, reference=reference)
             metrics["seconds"] = round(time.perf_counter() - start, 1)
             io.write_jsonl(pred_path, predictions)
             io.update_json(self.run_dir / "metrics.json", role, metrics)
             self._mark_done(f"eval:{role}", fp)
             del model
         all_metrics = io.read_json(self.run_dir / "metrics.json")
+        io.write_json(self.run_dir / "deltas.json", self.paired_deltas(all_metrics))
         io.write_text(self.run_dir / "report.md", render_report(self, all_metrics))
         return all_metrics
+
+    def prediction_paths(self, role: str) -> tuple[Path, Path]:
+        """``predictions/<role>.jsonl`` and its calibration reference ``predictions/<role>.calibration.json``."""
+        folder = self.run_dir / "predictions"
+        return folder / f"{role}.jsonl", folder / f"{role}.calibration.json"
+
+    def _augmented_prompts(self, role: str, section: dict[str, Any], cases: Sequence[Case],
+                           n_answers: int) -> list[Prompt]:
+        task = self.component("task")
+        spec = self.registry.get("optimizer", role)
+        options = {k: v for k, v in section.items() if k != "name"}
+        optimizer_obj = spec.create(build_config(spec.config, options, section="optimizer", component=role))
+        return optimizer_obj.augment_prompts(prompts=[task.prompt(case=c, n_answers=n_answers) for c in cases],
+                                             cases=cases, output_dir=self.student_dir(role), ctx=self.ctx)
+
+    def load_predictions(self, role: str) -> list[dict[str, Any]]:
+        """A role's saved per-case predictions; a clear error for a missing file or one from an older MINT."""
+        path = self.prediction_paths(role)[0]
+        if not path.exists():
+            raise MintError(f"{path} is missing: run 'mint eval --roles {role} --run-dir {self.run_dir}'.")
+        rows = list(io.read_jsonl(path))
+        if rows and "outcomes" not in rows[0]:
+            raise MintError(f"{path} has no per-case outcomes (written by an older MINT): run 'mint eval --roles "
+                            f"{role} --run-dir {self.run_dir}' again to re-evaluate it.")
+        return rows
+
+    def paired_deltas(self, all_metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        """Paired differences of every evaluated role from base (and sft); roles of older runs are skipped."""
+        from mint_core.evaluation import paired_comparisons
+
+        predictions: dict[str, list[dict[str, Any]]] = {}
+        for role in roles_in_order(all_metrics):
+            if role == "teacher" or not self.prediction_paths(role)[0].exists():
+                continue
+            try:
+                predictions[role] = self.load_predictions(role)
+            except MintError as exc:
+                self.ctx.log(f"[yellow]eval: no paired comparison for {role}: {exc}[/yellow]")
+        return paired_comparisons(predictions)
 
 
 def _mtime(path: Path) -> float | None:
     return path.stat().st_mtime if path.exists() else None
 
 
-def _merge_predictions(first: list[dict], second: list[dict]) -> list[dict]:
-    if not first:
-        return second
-    by_case = {row["case_id"]: row for row in second}
-    return [{**row, **{f"rank_{k}" if k in row and k != "case_id" else k: v
-                       for k, v in by_case.get(row["case_id"], {}).items()}} for row in first]
-
-
 def select_cases(cases: Sequence[Case], max_cases: int | None) -> list[Case]:
     """All cases, or ``max_cases`` of them spread evenly (deterministic, keeps the class mix)."""
-    cases = sorted(cases, key=lambda c: (c.label_id, c.id))
-    if not max_cases or max_cases >= len(cases):
-        return list(cases)
-    step = len(cases) / max_cases
-    return [cases[int(i * step)] for i in range(max_cases)]
+    from mint_core.evaluation import spread_cases
+
+    return spread_cases(cases, max_cases)
 
 
 def check_rankings(rankings: Sequence[Ranking], data: TaskData) -> None:
@@ -396,8 +427,10 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
 
 
-METRIC_ORDER = ("top1", "top3", "top5", "top10", "rank_top1", "rank_top3", "rank_top5", "rank_top10", "well_formed",
-                "hallucination_rate", "teacher_top1_agreement", "teacher_topk_coverage", "teacher_bottomq_avoidance")
+METRIC_ORDER = ("top1", "top3", "top5", "top10", "rank_top1", "rank_top3", "rank_top5", "rank_top10", "rank_mrr",
+                "rank_raw_top1", "rank_raw_top3", "rank_raw_top5", "rank_raw_top10", "rank_raw_mrr",
+                "rank_top1_max_label_share", "rank_raw_top1_max_label_share", "well_formed", "hallucination_rate",
+                "teacher_top1_agreement", "teacher_topk_coverage", "teacher_bottomq_avoidance")
 
 
 def metric_columns(all_metrics: dict[str, dict[str, Any]]) -> list[str]:
@@ -410,25 +443,80 @@ def roles_in_order(all_metrics: dict[str, Any]) -> list[str]:
     return [r for r in order if r in all_metrics] + sorted(r for r in all_metrics if r not in order)
 
 
-TABLE_SKIPS = {"rank_top3", "teacher_top1_agreement", "teacher_bottomq_avoidance"}
+#: Left out of the terminal (all of them are in report.md and metrics.json).
+TABLE_SKIPS = {"rank_top3", "rank_raw_top3", "rank_raw_top5", "rank_mrr", "rank_raw_mrr",
+               "rank_raw_top1_max_label_share", "teacher_bottomq_avoidance"}
 SHORT_NAMES = {"rank_top1": "r-top1", "rank_top3": "r-top3", "rank_top5": "r-top5", "rank_top10": "r-top10",
-               "well_formed": "formed", "hallucination_rate": "halluc.", "teacher_top1_agreement": "T-agree",
+               "rank_raw_top1": "raw-top1", "rank_raw_top10": "raw-top10", "rank_top1_max_label_share": "1st-lab",
+               "well_formed": "formed", "hallucination_rate": "halluc", "teacher_top1_agreement": "T-agree",
                "teacher_topk_coverage": "T-top-k", "teacher_bottomq_avoidance": "T-avoid"}
+LEGEND = ("value [95% bootstrap CI]. r-: ranking mode, calibrated (eval.calibration); raw-: uncalibrated; "
+          "1st-lab: share of cases whose first label is the most frequent first label; formed: well-formed "
+          "answers; halluc: listed names matching no label; T-: teacher agreement (top-1, top-k coverage)")
+TABLE_WIDTH = 100
+
+
+def format_share(values: dict[str, Any], key: str, digits: int = 2) -> str:
+    """``0.12 [.05,.22]``: a share and its interval, compact enough for a 100-column table."""
+    value = values.get(key)
+    if not isinstance(value, (int, float)):
+        return "—"
+    interval = values.get(f"{key}_ci")
+    if not interval:
+        return f"{value:.{digits}f}"
+    lo, hi = (f"{bound:.{digits}f}".replace("0.", ".", 1) for bound in interval)
+    return f"{value:.{digits}f} [{lo},{hi}]"
+
+
+def _fit_columns(columns: list[str], cells: dict[str, list[str]], first_width: int, width: int) -> list[list[str]]:
+    """Columns split into groups whose tables fit ``width`` characters (rich adds 3 per column)."""
+    groups: list[list[str]] = [[]]
+    used = first_width + 4
+    for column in columns:
+        need = max(len(SHORT_NAMES.get(column, column)), *(len(c) for c in cells[column])) + 3
+        if groups[-1] and used + need > width:
+            groups.append([])
+            used = first_width + 4
+        groups[-1].append(column)
+        used += need
+    return [g for g in groups if g]
+
+
+def metrics_tables(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results",
+                   width: int = TABLE_WIDTH) -> list[Table]:
+    """The closing summary, one row per role, split into as many tables as ``width`` columns need."""
+    roles = roles_in_order(all_metrics)
+    columns = [c for c in metric_columns(all_metrics) if c not in TABLE_SKIPS]
+    cells = {c: [format_share(all_metrics[r], c) for r in roles] for c in columns}
+    role_width = max(len("role"), *(len(r) for r in roles)) if roles else 4
+    groups = _fit_columns(columns, cells, role_width, width)
+    tables = []
+    for i, group in enumerate(groups):
+        last = i == len(groups) - 1
+        table = Table(title=title if i == 0 else None, caption=LEGEND if last else None, width=None)
+        table.add_column("role", style="bold", no_wrap=True)
+        for column in group:
+            table.add_column(SHORT_NAMES.get(column, column), justify="right", no_wrap=True)
+        for j, role in enumerate(roles):
+            table.add_row(role, *(cells[c][j] for c in group))
+        tables.append(table)
+    return tables
 
 
 def metrics_table(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results") -> Table:
-    """The closing summary: one row per role (teacher, base, each aligned student)."""
-    # The terminal table keeps the headline columns (all of them are in report.md and metrics.json).
-    columns = [c for c in metric_columns(all_metrics) if c not in TABLE_SKIPS]
-    table = Table(title=title, caption="r-: ranking mode (labels scored by log-likelihood); formed: well-formed "
-                                       "answers; halluc.: listed names matching no label; T-: agreement with the "
-                                       "teacher (top-1, top-k coverage, bottom-q avoidance)")
-    table.add_column("role", style="bold", no_wrap=True)
-    for column in columns:
-        table.add_column(SHORT_NAMES.get(column, column), justify="right", no_wrap=True)
-    for role in roles_in_order(all_metrics):
-        values = all_metrics[role]
-        table.add_row(role, *(f"{values[c]:.3f}" if isinstance(values.get(c), (int, float)) else "—" for c in columns))
+    """All summary columns in one table (see :func:`metrics_tables` for the terminal-width split)."""
+    return metrics_tables(all_metrics, title=title, width=10**6)[0]
+
+
+def deltas_table(deltas: Sequence[dict[str, Any]], title: str = "Paired differences") -> Table:
+    """One row per (role, reference, metric): delta, its paired-bootstrap 95% CI and McNemar's exact p."""
+    table = Table(title=title, caption="delta = role minus reference on the same test cases; p: McNemar exact")
+    for column in ("role", "vs", "metric", "delta", "95% CI", "p"):
+        table.add_column(column, justify="right" if column in ("delta", "95% CI", "p") else "left", no_wrap=True)
+    for row in deltas:
+        table.add_row(row["role"], row["reference"], SHORT_NAMES.get(row["metric"], row["metric"]),
+                      f"{row['delta']:+.3f}", f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}]",
+                      "—" if row.get("p_mcnemar") is None else f"{row['p_mcnemar']:.3g}")
     return table
 
 
@@ -437,8 +525,17 @@ def markdown_table(all_metrics: dict[str, dict[str, Any]]) -> str:
     lines = ["| role | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for role in roles_in_order(all_metrics):
         values = all_metrics[role]
-        cells = [f"{values[c]:.3f}" if isinstance(values.get(c), (int, float)) else "—" for c in columns]
+        cells = [format_share(values, c, digits=3) for c in columns]
         lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_deltas(deltas: Sequence[dict[str, Any]]) -> str:
+    lines = ["| role | vs | metric | delta | 95% CI | McNemar p | n |", "|---|---|---|---|---|---|---|"]
+    for row in deltas:
+        p = "—" if row.get("p_mcnemar") is None else f"{row['p_mcnemar']:.3g}"
+        lines.append(f"| {row['role']} | {row['reference']} | {row['metric']} | {row['delta']:+.3f} | "
+                     f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}] | {p} | {row['n']} |")
     return "\n".join(lines)
 
 
@@ -447,7 +544,16 @@ def render_report(run: Run, all_metrics: dict[str, dict[str, Any]]) -> str:
     parts = [f"# MINT run `{config['name']}`", "",
              f"task `{config['task']['name']}`, teacher `{config['teacher']['name']}`, "
              f"builder `{config['builder']['name']}`, student `{config['student']['name']}`, seed {config['seed']}.",
-             "", "## Metrics (test split)", "", markdown_table(all_metrics), ""]
+             "", "## Metrics (test split)", "",
+             "Each share: value [95% percentile-bootstrap interval over test cases, 2,000 resamples]. `rank_*`: "
+             f"ranking mode calibrated by `{config['eval'].get('calibration', 'none')}`; `rank_raw_*`: plain "
+             "log-likelihood sums.", "", markdown_table(all_metrics), ""]
+    deltas_path = run.run_dir / "deltas.json"
+    deltas = io.read_json(deltas_path) if deltas_path.exists() else []
+    if deltas:
+        parts += ["## Paired differences (same test cases)", "",
+                  "delta = role minus reference; 95% paired-bootstrap interval; McNemar's exact test on the hits.",
+                  "", markdown_deltas(deltas), ""]
     summary_path = run.run_dir / "prefs_summary.json"
     if summary_path.exists():
         parts += ["## Preference data", ""]

@@ -94,8 +94,10 @@ def test_generation_metrics_on_hand_written_answers():
     metrics, predictions = generation_metrics(answers=ANSWERS, cases=CASES, labels=LABELS, rankings=RANKINGS,
                                               n_answers=3)
     # ks: small label space -> [1, 3, 5], capped at n_answers=3.
-    assert set(metrics) == {"top1", "top3", "well_formed", "hallucination_rate", "teacher_topk_coverage",
-                            "teacher_bottomq_avoidance", "teacher_top1_agreement", "n_teacher", "n"}
+    shares = {"top1", "top3", "well_formed", "hallucination_rate", "teacher_topk_coverage",
+              "teacher_bottomq_avoidance", "teacher_top1_agreement"}
+    assert set(metrics) == shares | {f"{k}_ci" for k in shares} | {"n_teacher", "n"}
+    assert all(metrics[f"{k}_ci"][0] <= metrics[k] <= metrics[f"{k}_ci"][1] for k in shares)
     assert metrics["top1"] == pytest.approx(1 / 3)          # c1 only
     assert metrics["top3"] == pytest.approx(2 / 3)          # c1, and c2 via the fuzzy "Noonan syndrom"
     assert metrics["well_formed"] == pytest.approx(1 / 3)   # c2 lacks the header, c3 is prose
@@ -138,9 +140,11 @@ def test_evaluate_generation_uses_given_prompts_and_batches():
 def test_teacher_metrics():
     metrics = teacher_metrics(rankings=RANKINGS, cases=CASES, ks=[1, 3])
     # c1: true L1 at rank 0; c2: true L3 at rank 0; c3 has no ranking.
-    assert metrics == {"top1": 1.0, "top3": 1.0, "n": 2}
+    assert metrics == {"top1": 1.0, "top1_ci": [1.0, 1.0], "top3": 1.0, "top3_ci": [1.0, 1.0], "n": 2}
     shifted = {"c1": Ranking("c1", ["L2", "L3", "L1"]), "c2": Ranking("c2", ["L1", "L2", "L4"])}
-    assert teacher_metrics(rankings=shifted, cases=CASES, ks=[1, 3]) == {"top1": 0.0, "top3": 0.5, "n": 2}
+    assert teacher_metrics(rankings=shifted, cases=CASES, ks=[1, 3], intervals=False) == \
+        {"top1": 0.0, "top3": 0.5, "n": 2}
+    assert teacher_metrics(rankings=shifted, cases=CASES, ks=[1, 3])["top3_ci"] == [0.0, 1.0]
 
 
 def test_eval_config_fields_and_validation():
@@ -173,7 +177,11 @@ def test_ranking_mode_on_tiny_llama(tiny_student):
     data = TaskData(labels=LABELS, cases=CASES)
     metrics, predictions = evaluate_ranking(student_model=tiny_student, task=task, data=data, cases=CASES,
                                             n_answers=3, batch_size=4)
-    assert set(metrics) == {"rank_top1", "rank_top3", "rank_top5", "rank_mrr", "n"}
+    keys = {f"{prefix}{key}" for prefix in ("rank_", "rank_raw_")
+            for key in ("top1", "top3", "top5", "mrr", "top1_max_label_share")}
+    assert set(metrics) == keys | {f"{k}_ci" for k in keys} | {"n"}
+    # No calibration: the calibrated keys equal the raw ones.
+    assert all(metrics[k] == metrics[k.replace("rank_", "rank_raw_", 1)] for k in keys if "raw" not in k)
     # Recompute the ranking independently with the naive scorer: same order, same metrics.
     prompts = [task.prompt(case=case, n_answers=3) for case in CASES]
     naive = tiny_student.score_naive(prompts=prompts, candidates=ranking_candidates(task, LABELS), batch_size=6)

@@ -229,9 +229,16 @@ class RareDiseaseTask(Task):
     def prompt(self, *, case: Case, n_answers: int) -> Prompt:
         if not case.text:
             raise ValueError(f"case {case.id!r} has no notes: the rare-disease student reads notes only")
+        return self._question(case.text, n_answers)
+
+    def content_free_prompt(self, *, n_answers: int) -> Prompt:
+        """The same question about notes that say nothing ("N/A", as in Zhao et al. 2021's calibration)."""
+        return self._question("N/A", n_answers)
+
+    def _question(self, notes: str, n_answers: int) -> Prompt:
         header = HEADER.format(noun=self.label_noun)
         wanted = "the most likely disease" if n_answers == 1 else f"the {n_answers} most likely diseases"
-        text = (f"Patient notes: {case.text}\n\n"
+        text = (f"Patient notes: {notes}\n\n"
                 f"Which rare genetic diseases best explain these findings? Answer with the header '{header}' "
                 f"followed by a numbered list of {wanted}, one per line.")
         return Prompt(text=text, system=SYSTEM)

@@ -128,6 +128,10 @@ class TissueTask(Task):
     def prompt(self, *, case: Case, n_answers: int) -> Prompt:
         return Prompt(text=QUESTION.format(n=n_answers), image=case.image)
 
+    def content_free_prompt(self, *, n_answers: int) -> Prompt:
+        """The same question with no image: what the student answers from the question alone."""
+        return Prompt(text=QUESTION.format(n=n_answers))
+
 
 def caption_mentions_label(case: Case, labels: LabelSpace) -> bool:
     """Whether a case's caption names its own tissue (a sanity check used in tests)."""
