@@ -229,15 +229,27 @@ def run(**kwargs: Any) -> None:
 @cli.command()
 @click.option("--methods", default="", help="Comma-separated methods (default: base, rag, sft, dpo, kto, orpo "
                                              "and every other installed optimizer).")
+@click.option("--seeds", default="", help="Comma-separated training seeds, e.g. 0,1,2: each trains and evaluates "
+                                           "every method on the shared teacher and preferences; mean ± sd reported.")
 @_component_options
-def compare(methods: str, **kwargs: Any) -> None:
+def compare(methods: str, seeds: str, **kwargs: Any) -> None:
     """The paper's grid on one task and split, sharing one teacher and one preference set."""
     from mint_core.compare import run_comparison
 
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] or None
+    except ValueError:
+        raise MintError(f"--seeds {seeds!r}: expected comma-separated integers such as 0,1,2") from None
     mint_run = _open_run(**kwargs)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] or None
-    results = run_comparison(mint_run, methods=chosen, explicit_overrides=kwargs.get("overrides", ()))
-    _show(results, title="MINT comparison")
+    results = run_comparison(mint_run, methods=chosen, explicit_overrides=kwargs.get("overrides", ()),
+                             seeds=seed_list)
+    _show(results, title="MINT comparison", run_dir=mint_run.run_dir)
+    if seed_list and len(seed_list) > 1:
+        from mint_core import io
+        from mint_core.compare import seeds_table
+
+        console.print(seeds_table(io.read_json(mint_run.run_dir / "comparison.json")["seeds"]))
 
 
 def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results", run_dir: Path | None = None) -> None:

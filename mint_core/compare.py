@@ -4,15 +4,30 @@ One teacher and one set of rankings serve every method; each optimizer reads the
 its builder makes (topk pairs for ORPO/DPO, unpaired for KTO, supervised for SFT). DPO starts
 from the SFT adapter when both are in the grid, as the paper did. ``optimizer.key=value``
 overrides apply to every optimizer that has that option (``optimizer.max_steps=20``).
+
+Every method is compared with ``base`` (and ``sft``) on the same test cases: the difference, a
+paired-bootstrap 95% interval and McNemar's exact p (``comparison.md/json``, error bars in
+``comparison.png``).
+
+Seeds (``mint compare --seeds 0,1,2``): the teacher and the preference sets are those of the run's
+own seed and are shared by every seed, so the spread across seeds measures the *student's*
+training (LoRA init, data order), not a different teacher or split. Each further seed trains and
+evaluates every method in ``seeds/seed-<s>/`` (the shared artifacts copied there, marked done);
+``base`` is evaluated once, since greedy decoding and scoring do not depend on the seed. The
+summary gives each metric's mean ± sd over seeds beside a pooled interval (per-case outcomes
+averaged over seeds, bootstrapped over cases). An explicit ``optimizer.seed`` would pin training
+to one seed and defeat the point.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any, Sequence
 
 from mint_core import io
 from mint_core.config import parse_overrides
-from mint_core.pipeline import BASE_ROLE, Run, markdown_table, roles_in_order
+from mint_core.pipeline import BASE_ROLE, Run, markdown_deltas, markdown_table, roles_in_order
 
 PAPER_ORDER = ["rag", "sft", "dpo", "kto", "orpo"]
 
@@ -25,9 +40,27 @@ def default_methods(run: Run) -> list[str]:
     return [BASE_ROLE] + [m for m in PAPER_ORDER if m in installed] + [m for m in installed if m not in PAPER_ORDER]
 
 
-def run_comparison(run: Run, *, methods: Sequence[str] | None = None,
-                   explicit_overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+def run_comparison(run: Run, *, methods: Sequence[str] | None = None, explicit_overrides: Sequence[str] = (),
+                   seeds: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+    """Train and evaluate ``methods`` (per seed in ``seeds``); writes comparison.md/json/png, returns metrics.
+
+    The returned metrics are the run's own seed's; with several seeds ``comparison.json`` adds
+    each seed's metrics and the across-seed summary (see the module docstring).
+    """
     methods = list(methods or default_methods(run))
+    seeds = [int(s) for s in seeds] if seeds else [int(run.config["seed"])]
+    selected = _compare_one_seed(run, methods, explicit_overrides)
+    runs = {int(run.config["seed"]): run}
+    for seed in seeds:
+        if seed not in runs:
+            runs[seed] = seed_run(run, seed)
+            _compare_one_seed(runs[seed], [m for m in methods if m != BASE_ROLE], explicit_overrides)
+    seed_summary = summarize_seeds(run, {s: runs[s] for s in seeds}, list(selected)) if len(seeds) > 1 else None
+    write_comparison(run, selected, run.paired_deltas(selected), seed_summary)
+    return selected
+
+
+def _compare_one_seed(run: Run, methods: list[str], explicit_overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
     for method in methods:
         if method != BASE_ROLE:
             run.registry.get("optimizer", method)  # fail before any work on a typo
@@ -48,9 +81,84 @@ def run_comparison(run: Run, *, methods: Sequence[str] | None = None,
             trained.append(method)
     roles = [m for m in methods if m == BASE_ROLE or m in trained]
     all_metrics = run.evaluate(roles)
-    selected = {role: all_metrics[role] for role in roles_in_order(all_metrics) if role in [*roles, "teacher"]}
-    write_comparison(run, selected)
-    return selected
+    return {role: all_metrics[role] for role in roles_in_order(all_metrics) if role in [*roles, "teacher"]}
+
+
+#: What a seed's run shares with the run it came from: the task's data, the teacher's rankings, the preferences.
+SHARED_ARTIFACTS = ("cases.jsonl", "labels.json", "task.json", "split.json", "rankings.jsonl", "prefs_summary.json")
+
+
+def seed_run(parent: Run, seed: int) -> Run:
+    """``seeds/seed-<seed>/``: the parent's task data, rankings and preference sets, its own training seed."""
+    run = Run(registry=parent.registry, config={**parent.config, "seed": seed},
+              run_dir=parent.run_dir / "seeds" / f"seed-{seed}", console=parent.console)
+    run.save_config()
+    for name in SHARED_ARTIFACTS:
+        if (parent.run_dir / name).exists():
+            shutil.copyfile(parent.run_dir / name, run.run_dir / name)
+    if (parent.run_dir / "images").is_dir() and not (run.run_dir / "images").exists():
+        (run.run_dir / "images").symlink_to((parent.run_dir / "images").resolve(), target_is_directory=True)
+    teacher = io.read_json(parent.run_dir / "metrics.json").get("teacher")
+    if teacher is not None:
+        io.update_json(run.run_dir / "metrics.json", "teacher", teacher)
+    run._mark_done("teach", run.teach_fp())
+    for key, fp in parent._state().items():
+        builder = key.partition("prefs:")[2]
+        path = parent.preferences_path(builder) if builder else None
+        if path is not None and path.exists() and fp == parent.prefs_fp(parent.builder_section(builder)):
+            shutil.copyfile(path, run.preferences_path(builder))
+            run._mark_done(key, run.prefs_fp(run.builder_section(builder)))
+    return run
+
+
+def summarize_seeds(run: Run, runs: dict[int, Run], roles: Sequence[str]) -> dict[str, Any]:
+    """Each role's metrics per seed, mean ± sd over seeds, and pooled intervals and deltas vs base.
+
+    Pooled: each case's outcome averaged over seeds, then bootstrapped over cases (base, evaluated
+    once, enters with its single outcome).
+    """
+    import statistics
+
+    from mint_core.evaluation import paired_comparisons
+    from mint_core.stats import bootstrap_interval
+
+    per_seed = {seed: io.read_json(r.run_dir / "metrics.json") for seed, r in runs.items()}
+    summary: dict[str, Any] = {"seeds": list(runs), "shared": "teacher and preferences of seed "
+                               f"{run.config['seed']}; base evaluated once", "roles": {}}
+    pooled_predictions: dict[str, list[dict[str, Any]]] = {}
+    for role in roles:
+        if role == "teacher":
+            continue
+        sources = [run] if role == BASE_ROLE else [r for r in runs.values()
+                                                   if r.prediction_paths(role)[0].exists()]
+        rows_by_seed = [r.load_predictions(role) for r in sources]
+        pooled = _average_outcomes(rows_by_seed)
+        pooled_predictions[role] = pooled
+        entry: dict[str, Any] = {}
+        keys = [k for k, v in per_seed[int(run.config["seed"])].get(role, {}).items()
+                if isinstance(v, (int, float)) and f"{k}_ci" in per_seed[int(run.config["seed"])][role]]
+        for key in keys:
+            values = [per_seed[s][role][key] for s in runs if role in per_seed[s] and key in per_seed[s][role]]
+            if role == BASE_ROLE:
+                values = values[:1]
+            outcomes = [row["outcomes"][key] for row in pooled if key in row["outcomes"]]
+            entry[key] = {"values": values, "mean": round(statistics.fmean(values), 6),
+                          "sd": round(statistics.stdev(values), 6) if len(values) > 1 else 0.0,
+                          "pooled_ci": bootstrap_interval(outcomes) if outcomes else None}
+        summary["roles"][role] = entry
+    summary["pooled_deltas"] = paired_comparisons(pooled_predictions)
+    return summary
+
+
+def _average_outcomes(rows_by_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per case, each outcome's mean over the seeds that evaluated it."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    for rows in rows_by_seed:
+        for row in rows:
+            for key, value in row.get("outcomes", {}).items():
+                sums.setdefault(row["case_id"], {}).setdefault(key, []).append(float(value))
+    return [{"case_id": case_id, "outcomes": {k: sum(v) / len(v) for k, v in outcomes.items()}}
+            for case_id, outcomes in sums.items()]
 
 
 def shared_optimizer_options(run: Run, explicit_overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -68,41 +176,102 @@ def _fields(run: Run, optimizer: str) -> set[str]:
     return {name for name, *_ in run.registry.get("optimizer", optimizer).config_fields()}
 
 
-def write_comparison(run: Run, metrics: dict[str, dict[str, Any]]) -> None:
+def write_comparison(run: Run, metrics: dict[str, dict[str, Any]], deltas: Sequence[dict[str, Any]] = (),
+                     seeds: dict[str, Any] | None = None) -> None:
+    """comparison.md (tables), comparison.json (``metrics``, ``deltas``, ``seeds``), comparison.png."""
     config = run.config
-    header = (f"# MINT comparison: task `{config['task']['name']}`, teacher `{config['teacher']['name']}`, "
-              f"student `{config['student']['name']}`, seed {config['seed']}\n\n")
-    io.write_text(run.run_dir / "comparison.md", header + markdown_table(metrics) + "\n")
-    io.write_json(run.run_dir / "comparison.json", metrics)
-    plot_comparison(metrics, run.run_dir / "comparison.png")
+    parts = [f"# MINT comparison: task `{config['task']['name']}`, teacher `{config['teacher']['name']}`, "
+             f"student `{config['student']['name']}`, seed {config['seed']}", "",
+             "Each share: value [95% bootstrap interval over test cases].", "", markdown_table(metrics), ""]
+    if deltas:
+        parts += ["## Paired differences (same test cases)", "",
+                  "delta = method minus reference; 95% paired-bootstrap interval; McNemar's exact test.", "",
+                  markdown_deltas(deltas), ""]
+    if seeds:
+        parts += [f"## Across seeds {', '.join(map(str, seeds['seeds']))}", "",
+                  f"Shared: {seeds['shared']}. mean ± sd over seeds; pooled: per-case outcomes averaged over "
+                  "seeds, bootstrapped over cases.", "", markdown_seeds(seeds), ""]
+        if seeds.get("pooled_deltas"):
+            parts += ["Pooled paired differences (McNemar needs 0/1 outcomes: none on seed averages):", "",
+                      markdown_deltas(seeds["pooled_deltas"]), ""]
+    io.write_text(run.run_dir / "comparison.md", "\n".join(parts))
+    io.write_json(run.run_dir / "comparison.json", {"metrics": metrics, "deltas": list(deltas), "seeds": seeds})
+    plot_comparison(metrics, run.run_dir / "comparison.png", seeds=seeds)
 
 
-def plot_comparison(metrics: dict[str, dict[str, Any]], path) -> None:
-    """Bar chart of top-1 and the largest top-k per method, the teacher as reference lines."""
+def markdown_seeds(seeds: dict[str, Any]) -> str:
+    lines = ["| role | metric | mean ± sd | per seed | pooled 95% CI |", "|---|---|---|---|---|"]
+    for role, entry in seeds["roles"].items():
+        for key, stat in entry.items():
+            ci = stat["pooled_ci"]
+            lines.append(f"| {role} | {key} | {stat['mean']:.3f} ± {stat['sd']:.3f} | "
+                         + ", ".join(f"{v:.3f}" for v in stat["values"])
+                         + (f" | [{ci[0]:.3f}, {ci[1]:.3f}] |" if ci else " | — |"))
+    return "\n".join(lines)
+
+
+def plot_comparison(metrics: dict[str, dict[str, Any]], path: Path | str, seeds: dict[str, Any] | None = None) -> None:
+    """Bars of top-1 and the largest top-k per method (ranking mode's too) with 95% interval error bars.
+
+    With ``seeds``, bars are the means over seeds, error bars the pooled intervals and dots each
+    seed's value. The teacher is drawn as reference lines.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     roles = [r for r in metrics if r != "teacher"]
-    topk_keys = sorted({k for m in metrics.values() for k in m if k.startswith("top") and k[3:].isdigit()},
-                       key=lambda k: int(k[3:]))
-    keys = [topk_keys[0], topk_keys[-1]] if len(topk_keys) > 1 else topk_keys
-    fig, ax = plt.subplots(figsize=(1.4 * max(len(roles), 3) + 2, 4))
+    keys: list[str] = []
+    for prefix in ("top", "rank_top"):
+        found = sorted({int(k[len(prefix):]) for m in metrics.values() for k in m
+                        if k.startswith(prefix) and k[len(prefix):].isdigit()})
+        keys += [f"{prefix}{k}" for k in sorted({found[0], found[-1]})] if found else []
+    fig, ax = plt.subplots(figsize=(1.6 * max(len(roles), 3) + 2.5, 4.2))
     width = 0.8 / max(len(keys), 1)
     for i, key in enumerate(keys):
-        values = [metrics[r].get(key, 0.0) or 0.0 for r in roles]
-        bars = ax.bar([x + i * width for x in range(len(roles))], values, width, label=key)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        xs = [x + i * width for x in range(len(roles))]
+        stats = [(seeds or {}).get("roles", {}).get(r, {}).get(key) for r in roles]
+        values = [s["mean"] if s else (metrics[r].get(key) or 0.0) for r, s in zip(roles, stats)]
+        intervals = [s["pooled_ci"] if s else metrics[r].get(f"{key}_ci") for r, s in zip(roles, stats)]
+        lower = [v - ci[0] if ci else 0.0 for v, ci in zip(values, intervals)]
+        upper = [ci[1] - v if ci else 0.0 for v, ci in zip(values, intervals)]
+        bars = ax.bar(xs, values, width, label=key.replace("rank_", "r-"), yerr=[lower, upper], capsize=3,
+                      error_kw={"elinewidth": 1})
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2, label_type="center")
+        color = bars.patches[0].get_facecolor()
+        for x, stat in zip(xs, stats):
+            if stat and len(stat["values"]) > 1:
+                ax.scatter([x] * len(stat["values"]), stat["values"], s=8, color="black", zorder=3)
         teacher = metrics.get("teacher", {}).get(key)
         if teacher is not None:
-            ax.axhline(teacher, linestyle="--", linewidth=1, color=bars.patches[0].get_facecolor(),
-                       label=f"teacher {key}")
+            ax.axhline(teacher, linestyle="--", linewidth=1, color=color, label=f"teacher {key}")
     ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(roles))], roles)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (test split)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylabel("accuracy (test split), 95% CI")
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
     fig.tight_layout()
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def seeds_table(seeds: dict[str, Any]):
+    """Terminal summary across seeds: the compared hit keys' mean ± sd and pooled interval per role."""
+    from rich.table import Table
+
+    from mint_core.pipeline import SHORT_NAMES
+
+    table = Table(title=f"Across seeds {', '.join(map(str, seeds['seeds']))}",
+                  caption=f"shared: {seeds['shared']}; pooled CI: per-case outcomes averaged over seeds")
+    for column in ("role", "metric", "mean ± sd", "pooled 95% CI"):
+        table.add_column(column, justify="left" if column in ("role", "metric") else "right", no_wrap=True)
+    headline = {d["metric"] for d in seeds.get("pooled_deltas", [])} or None
+    for role, entry in seeds["roles"].items():
+        for key, stat in entry.items():
+            if headline is not None and key not in headline:
+                continue
+            ci = stat["pooled_ci"]
+            table.add_row(role, SHORT_NAMES.get(key, key), f"{stat['mean']:.3f} ± {stat['sd']:.3f}",
+                          f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—")
+    return table

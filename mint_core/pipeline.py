@@ -138,8 +138,14 @@ class Run:
         return list(self.config["eval"].get("ks") or default_ks(len(data.labels), self.n_answers()))
 
     # -- stages ------------------------------------------------------------------------------
+    def teach_fp(self) -> str:
+        return self.section_fp("task", "teacher")
+
+    def prefs_fp(self, section: dict[str, Any]) -> str:
+        return fingerprint(self.teach_fp(), section)
+
     def teach(self) -> None:
-        fp = self.section_fp("task", "teacher")
+        fp = self.teach_fp()
         if self._is_done("teach", fp, self.run_dir / "rankings.jsonl"):
             self.ctx.log("[dim]teach: already done, reusing rankings.jsonl[/dim]")
             return
@@ -190,7 +196,7 @@ class Run:
         section = self.builder_section(builder)
         name = section["name"]
         path = self.preferences_path(name)
-        fp = fingerprint(self.section_fp("task", "teacher"), section)
+        fp = self.prefs_fp(section)
         if self._is_done(f"prefs:{name}", fp, path):
             if not quiet:
                 self.ctx.log(f"[dim]prefs: already done, reusing {path.name}[/dim]")

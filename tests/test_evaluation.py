@@ -9,8 +9,10 @@ import pytest
 
 from mint_core.components import StudentModel, Task
 from mint_core.context import RunContext
-from mint_core.evaluation import (EvalConfig, default_ks, evaluate, evaluate_generation, evaluate_ranking,
-                                  generation_metrics, match_names, ranking_candidates, teacher_metrics)
+from mint_core.evaluation import (EvalConfig, calibration_reference, calibration_vector, default_ks, evaluate,
+                                  evaluate_generation, evaluate_ranking, generation_metrics, match_names,
+                                  paired_comparisons, ranking_candidates, ranking_from_scores, teacher_metrics)
+from mint_core.registry import MintError
 from mint_core.types import Case, Label, LabelSpace, Prompt, Ranking, TaskData
 
 LABELS = LabelSpace([
@@ -213,3 +215,104 @@ def test_evaluate_both_modes_on_tiny_llama(tiny_student, tmp_path):
     # A random model writes no valid answer list.
     assert metrics["well_formed"] == 0.0
     assert all(isinstance(p["answer"], str) and "ranked_ids" in p for p in predictions)
+
+
+# -- calibration -------------------------------------------------------------------------------
+class NamePriorStudent(StudentModel):
+    """Scores a candidate by the evidence in the prompt minus a bias growing with the answer's length.
+
+    Like a real LM's raw log-likelihood, the bias alone decides the raw ranking (the shortest name
+    wins every case); the evidence (+3 for the label the notes name) is what calibration must recover.
+    """
+
+    modality = "text"
+    model = processor = None
+
+    def encode(self, *, prompt, completion=None):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def generate(self, *, prompts, max_new_tokens, batch_size):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def score(self, *, prompts, candidates, batch_size):
+        rows = []
+        for prompt in prompts:
+            named = [label.name for label in LABELS if label.id in prompt.text.split()]
+            rows.append([3.0 * any(name in candidate for name in named) - 2.0 * len(candidate)
+                         for candidate in candidates])
+        return rows
+
+
+class NotesTask(FakeTask):
+    def content_free_prompt(self, *, n_answers):
+        return Prompt(f"Notes: N/A\nList the {n_answers} most likely diseases.")
+
+
+def _notes_data(per_label: int = 3) -> TaskData:
+    cases = [Case(f"{split}-{label.id}-{i}", (label.id,), split=split, text=f"findings of {label.id}")
+             for split in ("val", "test") for label in LABELS for i in range(per_label)]
+    return TaskData(labels=LABELS, cases=cases)
+
+
+@pytest.mark.parametrize("method", ["mean", "content-free"])
+def test_calibration_removes_a_per_label_length_bias(method):
+    task, data, student = NotesTask(), _notes_data(), NamePriorStudent()
+    reference = calibration_reference(method=method, student_model=student, task=task, data=data, n_answers=3)
+    assert reference["reference_case_ids"] == [c.id for c in sorted(data.split("val"), key=lambda c: (c.label_id, c.id))]
+    assert reference["content_free_scores"] is not None  # both inputs saved, whichever method runs
+    metrics, predictions = evaluate_ranking(student_model=student, task=task, data=data, cases=data.split("test"),
+                                            n_answers=3, ks=[1, 3], calibration=reference["vector"])
+    # Raw: the shortest name ("Down syndrome", 13 letters) is first for every case.
+    shortest = min(LABELS, key=lambda label: len(label.name)).id
+    assert {p["rank_raw_first"] for p in predictions} == {shortest}
+    assert metrics["rank_raw_top1_max_label_share"] == 1.0
+    assert metrics["rank_raw_top1"] == pytest.approx(1 / len(LABELS))
+    # Calibrated: the named label wins every case, and no label is first for more than its share.
+    assert metrics["rank_top1"] == 1.0 and metrics["rank_top1_ci"] == [1.0, 1.0]
+    assert metrics["rank_top1_max_label_share"] == pytest.approx(1 / len(LABELS))
+    assert all(p["true_rank"] == 1 for p in predictions)
+
+
+def test_calibration_none_and_missing_inputs():
+    task, data, student = FakeTask(), _notes_data(), NamePriorStudent()
+    none = calibration_reference(method="none", student_model=student, task=task, data=data, n_answers=3)
+    assert none["vector"] == [0.0] * len(LABELS) and none["reference_scores"] == []
+    with pytest.raises(MintError, match="content-free prompt"):
+        calibration_reference(method="content-free", student_model=student, task=task, data=data, n_answers=3)
+    no_val = TaskData(labels=LABELS, cases=[c for c in data.cases if c.split == "test"])
+    with pytest.raises(MintError, match="eval.calibration=mean needs"):
+        calibration_reference(method="mean", student_model=student, task=task, data=no_val, n_answers=3)
+    with pytest.raises(ValueError, match="eval.calibration"):
+        EvalConfig(calibration="pmi")
+
+
+def test_saved_scores_recompute_any_calibration():
+    task, data, student = NotesTask(), _notes_data(), NamePriorStudent()
+    reference = calibration_reference(method="mean", student_model=student, task=task, data=data, n_answers=3)
+    metrics, predictions = evaluate_ranking(student_model=student, task=task, data=data, cases=data.split("test"),
+                                            n_answers=3, ks=[1, 3], calibration=reference["vector"])
+    # From the saved rows alone (as read back from predictions/<role>.jsonl), each calibration.
+    for method, top1 in (("mean", 1.0), ("content-free", 1.0), ("none", 1 / len(LABELS))):
+        again, _ = ranking_from_scores(predictions=predictions, label_ids=LABELS.ids, n_answers=3, ks=[1, 3],
+                                       vector=calibration_vector(reference, method))
+        assert again["rank_top1"] == pytest.approx(top1)
+    assert ranking_from_scores(predictions=predictions, label_ids=LABELS.ids, n_answers=3, ks=[1, 3],
+                               vector=reference["vector"])[0] == metrics
+    old_rows = [{k: v for k, v in p.items() if k != "label_scores"} for p in predictions]
+    with pytest.raises(MintError, match="older MINT"):
+        ranking_from_scores(predictions=old_rows, label_ids=LABELS.ids, vector=None, ks=[1], n_answers=3)
+
+
+def test_paired_comparisons_pair_cases_by_id():
+    def rows(hits):
+        return [{"case_id": f"c{i}", "outcomes": {"top1": float(h), "rank_top1": float(h)}} for i, h in enumerate(hits)]
+
+    base = rows([0, 0, 1, 0, 1, 0])
+    orpo = list(reversed(rows([1, 0, 1, 1, 1, 0])))  # another order: pairing is by case id
+    deltas = paired_comparisons({"base": base, "orpo": orpo, "sft": rows([0, 0, 1, 0, 1, 1])})
+    pairs = {(d["role"], d["reference"], d["metric"]) for d in deltas}
+    assert ("orpo", "base", "top1") in pairs and ("orpo", "sft", "top1") in pairs
+    assert ("base", "sft", "top1") not in pairs  # sft vs base is listed once, as sft minus base
+    orpo_base = next(d for d in deltas if d["role"] == "orpo" and d["reference"] == "base" and d["metric"] == "top1")
+    assert orpo_base["delta"] == pytest.approx(2 / 6) and orpo_base["n"] == 6
+    assert orpo_base["p_mcnemar"] == pytest.approx(0.5)  # 2 discordant cases, both for orpo: 2 * 0.5**2

@@ -1,0 +1,107 @@
+"""Evaluation through the pipeline: saved scores, intervals, paired deltas, old run dirs, compare --seeds."""
+
+from __future__ import annotations
+
+import pytest
+
+import core_plugins
+from mint_core import io
+from mint_core.config import parse_overrides, resolve
+from mint_core.pipeline import Run, metrics_tables
+from mint_core.registry import MintError
+from mint_core.testing import invoke, isolated_registry
+
+
+@pytest.fixture
+def registry():
+    with isolated_registry(core_plugins, name="core") as reg:
+        yield reg
+
+
+def make_run(registry, run_dir, *overrides):
+    config = resolve(registry, flags={"teacher": "overlap"},
+                     overrides=parse_overrides(["eval.mode=both", "task.cases_per_label=6", *overrides]))
+    run = Run(registry=registry, config=config, run_dir=run_dir)
+    run.save_config()
+    return run
+
+
+def test_eval_saves_scores_intervals_and_deltas(registry, tmp_path):
+    run = make_run(registry, tmp_path / "r")
+    run.teach()
+    run.train()
+    metrics = run.evaluate(["base", "counting"])
+    for role in ("teacher", "base", "counting"):
+        shares = [k for k, v in metrics[role].items()
+                  if isinstance(v, float) and k not in ("seconds",) and not k.startswith("n")]
+        assert shares and all(f"{k}_ci" in metrics[role] for k in shares), role
+    base = metrics["base"]
+    assert {"rank_top1", "rank_raw_top1", "rank_top1_max_label_share", "top1", "well_formed"} <= set(base)
+    rows = run.load_predictions("base")
+    assert len(rows) == base["n"] and all(len(r["label_scores"]) == 3 for r in rows)
+    reference = io.read_json(run.prediction_paths("base")[1])
+    assert reference["method"] == "mean" and len(reference["vector"]) == 3
+    assert reference["reference_case_ids"]  # no val split in this task: the train cases calibrate
+    deltas = io.read_json(tmp_path / "r" / "deltas.json")
+    assert {(d["role"], d["reference"]) for d in deltas} == {("counting", "base")}
+    assert {d["metric"] for d in deltas} >= {"top1", "rank_top1"}
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "## Paired differences" in report and "| counting | base |" in report
+
+
+def test_old_run_dir_without_saved_scores_is_reevaluated(registry, tmp_path):
+    run = make_run(registry, tmp_path / "r")
+    run.teach()
+    run.evaluate(["base"])
+    pred_path, calibration_path = run.prediction_paths("base")
+    # What an older MINT left: top-10 scores only, no outcomes, no calibration file.
+    old = [{k: v for k, v in row.items() if k not in ("outcomes", "label_scores")} for row in io.read_jsonl(pred_path)]
+    io.write_jsonl(pred_path, old)
+    calibration_path.unlink()
+    with pytest.raises(MintError, match="older MINT"):
+        run.load_predictions("base")
+    run.evaluate(["base"])  # the missing calibration file makes the stage stale: rescored
+    assert all("label_scores" in row for row in run.load_predictions("base"))
+    # A role nobody asked to re-evaluate is skipped in the deltas, with the reason logged.
+    io.write_jsonl(tmp_path / "r" / "predictions" / "ghost.jsonl", old)
+    assert run.paired_deltas({"base": {}, "ghost": {}}) == []
+
+
+def test_terminal_tables_fit_100_columns(registry, tmp_path):
+    from rich.console import Console
+
+    run = make_run(registry, tmp_path / "r")
+    run.teach()
+    run.train()
+    metrics = run.evaluate(["base", "counting"])
+    console = Console(width=100, record=True)
+    for table in metrics_tables(metrics):
+        console.print(table)
+    text = console.export_text()
+    assert all(len(line) <= 100 for line in text.splitlines())
+    assert "…" not in text  # no header or cell cut short
+    for header in ("r-top1", "raw-top1", "formed", "halluc", "T-agree", "1st-lab"):
+        assert header in text
+
+
+def test_compare_with_seeds_shares_the_teacher_and_reports_spread(registry, tmp_path):
+    run_dir = tmp_path / "c"
+    result = invoke(["compare", "--teacher", "overlap", "--methods", "base,counting", "--seeds", "0,1",
+                     "--run-dir", str(run_dir), "eval.mode=both", "task.cases_per_label=6"])
+    assert result.exit_code == 0, result.output
+    comparison = io.read_json(run_dir / "comparison.json")
+    assert set(comparison["metrics"]) == {"teacher", "base", "counting"}
+    assert comparison["deltas"] and comparison["seeds"]["seeds"] == [0, 1]
+    top1 = comparison["seeds"]["roles"]["counting"]["top1"]
+    assert len(top1["values"]) == 2 and top1["sd"] >= 0.0 and len(top1["pooled_ci"]) == 2
+    assert len(comparison["seeds"]["roles"]["base"]["top1"]["values"]) == 1  # base evaluated once
+    seed_dir = run_dir / "seeds" / "seed-1"
+    # Shared, not recomputed: same rankings; the seed's own student.
+    assert (seed_dir / "rankings.jsonl").read_text() == (run_dir / "rankings.jsonl").read_text()
+    assert (seed_dir / "students" / "counting" / "result.json").exists()
+    assert not (seed_dir / "predictions" / "base.jsonl").exists()
+    assert (run_dir / "comparison.png").stat().st_size > 0
+    assert "Across seeds 0, 1" in (run_dir / "comparison.md").read_text()
+    assert "Paired differences" in result.output and "Across seeds" in result.output
+    bad = invoke(["compare", "--teacher", "overlap", "--seeds", "0,x", "--run-dir", str(run_dir)])
+    assert bad.exit_code == 2 and "--seeds" in bad.output
