@@ -224,8 +224,8 @@ def plot_comparison(metrics: dict[str, dict[str, Any]], path: Path | str, seeds:
     roles = [r for r in metrics if r != "teacher"]
     keys: list[str] = []
     for prefix in ("top", "rank_top"):
-        found = sorted({int(k[len(prefix):]) for m in metrics.values() for k in m
-                        if k.startswith(prefix) and k[len(prefix):].isdigit()})
+        found = sorted({int(k[len(prefix):]) for role in roles for k in metrics[role]  # the students' k, not
+                        if k.startswith(prefix) and k[len(prefix):].isdigit()})          # the teacher's
         keys += [f"{prefix}{k}" for k in sorted({found[0], found[-1]})] if found else []
     fig, ax = plt.subplots(figsize=(1.6 * max(len(roles), 3) + 2.5, 4.2))
     width = 0.8 / max(len(keys), 1)

@@ -604,5 +604,6 @@ def paired_comparisons(predictions: Mapping[str, Sequence[Mapping[str, Any]]], *
 __all__ = [
     "CALIBRATIONS", "EvalConfig", "NameMatcher", "calibration_reference", "calibration_vector", "default_ks",
     "evaluate", "evaluate_generation", "evaluate_ranking", "generation_metrics", "match_names", "merge_predictions",
-    "paired_comparisons", "ranking_candidates", "spread_cases", "ranking_from_scores", "teacher_metrics", "with_intervals",
+    "paired_comparisons", "ranking_candidates", "ranking_from_scores", "spread_cases", "teacher_metrics",
+    "with_intervals",
 ]

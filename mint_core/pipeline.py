@@ -450,7 +450,7 @@ def roles_in_order(all_metrics: dict[str, Any]) -> list[str]:
 
 
 #: Left out of the terminal (all of them are in report.md and metrics.json).
-TABLE_SKIPS = {"rank_top3", "rank_raw_top3", "rank_raw_top5", "rank_mrr", "rank_raw_mrr",
+TABLE_SKIPS = {"top3", "rank_top3", "rank_raw_top3", "rank_raw_top5", "rank_raw_top10", "rank_mrr", "rank_raw_mrr",
                "rank_raw_top1_max_label_share", "teacher_bottomq_avoidance"}
 SHORT_NAMES = {"rank_top1": "r-top1", "rank_top3": "r-top3", "rank_top5": "r-top5", "rank_top10": "r-top10",
                "rank_raw_top1": "raw-top1", "rank_raw_top10": "raw-top10", "rank_top1_max_label_share": "1st-lab",
@@ -463,15 +463,17 @@ TABLE_WIDTH = 100
 
 
 def format_share(values: dict[str, Any], key: str, digits: int = 2) -> str:
-    """``0.12 [.05,.22]``: a share and its interval, compact enough for a 100-column table."""
+    """``.12 [.05,.22]``: a share and its interval, compact enough for a 100-column table."""
     value = values.get(key)
     if not isinstance(value, (int, float)):
         return "—"
+
+    def number(x: float) -> str:  # shares lie in [0, 1]: the leading zero says nothing
+        text = f"{x:.{digits}f}"
+        return text[1:] if text.startswith("0.") else text
+
     interval = values.get(f"{key}_ci")
-    if not interval:
-        return f"{value:.{digits}f}"
-    lo, hi = (f"{bound:.{digits}f}".replace("0.", ".", 1) for bound in interval)
-    return f"{value:.{digits}f} [{lo},{hi}]"
+    return f"{number(value)} [{number(interval[0])},{number(interval[1])}]" if interval else number(value)
 
 
 def _fit_columns(columns: list[str], cells: dict[str, list[str]], first_width: int, width: int) -> list[list[str]]:

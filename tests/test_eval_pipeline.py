@@ -105,3 +105,20 @@ def test_compare_with_seeds_shares_the_teacher_and_reports_spread(registry, tmp_
     assert "Paired differences" in result.output and "Across seeds" in result.output
     bad = invoke(["compare", "--teacher", "overlap", "--seeds", "0,x", "--run-dir", str(run_dir)])
     assert bad.exit_code == 2 and "--seeds" in bad.output
+
+
+def test_built_in_tasks_build_a_content_free_prompt():
+    from mint_core.types import Case
+    from mint_rare_disease.task import RareDiseaseTask
+    from mint_tissue.task import TissueTask
+
+    rare = RareDiseaseTask()
+    empty = rare.content_free_prompt(n_answers=5)
+    real = rare.prompt(case=Case("c", ("d",), text="Tall stature; arachnodactyly."), n_answers=5)
+    # The same question and system prompt; only the findings are gone.
+    assert "Patient notes: N/A" in empty.text and "arachnodactyly" not in empty.text
+    assert empty.text.split("\n\n", 1)[1] == real.text.split("\n\n", 1)[1] and empty.system == real.system
+    tissue = TissueTask()
+    assert tissue.content_free_prompt(n_answers=3).image is None
+    assert tissue.content_free_prompt(n_answers=3).text == tissue.prompt(case=Case("t", ("x",), image="a.png"),
+                                                                         n_answers=3).text

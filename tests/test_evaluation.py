@@ -258,7 +258,8 @@ def _notes_data(per_label: int = 3) -> TaskData:
 def test_calibration_removes_a_per_label_length_bias(method):
     task, data, student = NotesTask(), _notes_data(), NamePriorStudent()
     reference = calibration_reference(method=method, student_model=student, task=task, data=data, n_answers=3)
-    assert reference["reference_case_ids"] == [c.id for c in sorted(data.split("val"), key=lambda c: (c.label_id, c.id))]
+    val_ids = [c.id for c in sorted(data.split("val"), key=lambda c: (c.label_id, c.id))]
+    assert reference["reference_case_ids"] == val_ids
     assert reference["content_free_scores"] is not None  # both inputs saved, whichever method runs
     metrics, predictions = evaluate_ranking(student_model=student, task=task, data=data, cases=data.split("test"),
                                             n_answers=3, ks=[1, 3], calibration=reference["vector"])
