@@ -285,7 +285,7 @@ class Run:
         """
         import dataclasses
 
-        from mint_core.evaluation import EvalConfig, calibration_reference, evaluate
+        from mint_core.evaluation import EvalConfig, calibration_reference, evaluate, teacher_metrics
 
         data, rankings = self.load_data(), self.load_rankings()
         eval_cfg = EvalConfig(**self.config["eval"])
@@ -335,6 +335,10 @@ class Run:
             io.update_json(self.run_dir / "metrics.json", role, metrics)
             self._mark_done(f"eval:{role}", fp)
             del model
+        if not any(k.endswith("_ci") for k in io.read_json(self.run_dir / "metrics.json").get("teacher", {})):
+            # A run taught by an older MINT: give the teacher's figures their intervals too (cheap).
+            io.update_json(self.run_dir / "metrics.json", "teacher",
+                           teacher_metrics(rankings=rankings, cases=data.split("test"), ks=ks))
         all_metrics = io.read_json(self.run_dir / "metrics.json")
         io.write_json(self.run_dir / "deltas.json", self.paired_deltas(all_metrics))
         io.write_text(self.run_dir / "report.md", render_report(self, all_metrics))

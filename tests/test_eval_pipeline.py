@@ -58,10 +58,14 @@ def test_old_run_dir_without_saved_scores_is_reevaluated(registry, tmp_path):
     old = [{k: v for k, v in row.items() if k not in ("outcomes", "label_scores")} for row in io.read_jsonl(pred_path)]
     io.write_jsonl(pred_path, old)
     calibration_path.unlink()
+    metrics = io.read_json(tmp_path / "r" / "metrics.json")
+    io.write_json(tmp_path / "r" / "metrics.json",
+                  {**metrics, "teacher": {k: v for k, v in metrics["teacher"].items() if not k.endswith("_ci")}})
     with pytest.raises(MintError, match="older MINT"):
         run.load_predictions("base")
     run.evaluate(["base"])  # the missing calibration file makes the stage stale: rescored
     assert all("label_scores" in row for row in run.load_predictions("base"))
+    assert "top1_ci" in io.read_json(tmp_path / "r" / "metrics.json")["teacher"]
     # A role nobody asked to re-evaluate is skipped in the deltas, with the reason logged.
     io.write_jsonl(tmp_path / "r" / "predictions" / "ghost.jsonl", old)
     assert run.paired_deltas({"base": {}, "ghost": {}}) == []
