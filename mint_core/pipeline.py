@@ -31,6 +31,7 @@ from mint_core import io
 from mint_core.config import build_config, instantiate
 from mint_core.context import RunContext
 from mint_core.registry import MintError, Registry
+from mint_core.summary import summarize as summarize_examples
 from mint_core.types import Case, LabelSpace, PreferenceExample, Ranking, TaskData
 
 log = logging.getLogger("mint")
@@ -365,19 +366,6 @@ def check_rankings(rankings: Sequence[Ranking], data: TaskData) -> None:
         if set(ranking.label_ids) != ids or len(ranking.label_ids) != len(ids):
             raise MintError(f"The teacher's ranking for case {ranking.case_id!r} does not cover the label space "
                             f"exactly once ({len(ranking.label_ids)} entries for {len(ids)} labels).")
-
-
-def summarize_examples(examples: Sequence[PreferenceExample]) -> dict[str, Any]:
-    """Counts for the log and report.md: the built-in builders' summary when installed, else kinds."""
-    try:
-        from mint_builders.summary import summarize
-
-        return summarize(examples)
-    except ImportError:  # a third-party builder set without the built-ins: plain counts
-        kinds: dict[str, int] = {}
-        for example in examples:
-            kinds[example.kind] = kinds.get(example.kind, 0) + 1
-        return {"n_examples": len(examples), "n_cases": len({e.case_id for e in examples}), "by_kind": kinds}
 
 
 def environment(registry: Registry) -> dict[str, Any]:
