@@ -188,7 +188,9 @@ def test_per_branch_logits_share_one_pass_and_mask_the_other_branch(fitted):
         # "text alone" is exactly the fused logits of a case without an image, and vice versa
         assert torch.allclose(alone[0], net(text=text, text_mask=on, images=images, image_mask=~on), atol=1e-6)
         assert torch.allclose(alone[1], net(text=text, text_mask=~on, images=images, image_mask=on), atol=1e-6)
-    single = GestaltTeacher(replace(TINY, modalities="text"))._build(len(data.labels), ctx, pretrained=False)
+    text_only = GestaltTeacher(replace(TINY, modalities="text"))
+    text_only.meta = teacher.meta  # the same phenotype vocabulary, so the same notes-branch width
+    single = text_only._build(len(data.labels), ctx, pretrained=False)
     assert single(text=text, text_mask=on, per_branch=True)[1] == []
     # the auxiliary weight changes the trained weights, so it is part of the checkpoint fingerprint
     other = GestaltTeacher(replace(TINY, branch_loss=0.0))
