@@ -68,6 +68,12 @@ class Teacher(ABC):
     def rank(self, *, data: TaskData, cases: Sequence[Case], ctx: RunContext) -> list[Ranking]:
         """Rank every label of ``data.labels`` for each case, best first, one :class:`Ranking` per case."""
 
+    def variant_rankings(self, *, data: TaskData, cases: Sequence[Case], ctx: RunContext) -> dict[str, list[Ranking]]:
+        """Rankings of ``cases`` by variants of the fitted teacher, for its report: one branch alone
+        (``notes-only``, ``face-only``) or a baseline it wants shown beside it. The core scores each
+        like the teacher (top-k with 95% intervals in ``metrics.json`` and report.md). Default: none."""
+        return {}
+
 
 class PreferenceBuilder(ABC):
     """Turns teacher rankings into training examples for an optimizer."""

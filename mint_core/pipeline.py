@@ -31,6 +31,7 @@ from mint_core import io
 from mint_core.config import build_config, instantiate
 from mint_core.context import RunContext
 from mint_core.registry import MintError, Registry
+from mint_core.summary import summarize as summarize_examples
 from mint_core.types import Case, LabelSpace, PreferenceExample, Prompt, Ranking, TaskData
 
 log = logging.getLogger("mint")
@@ -169,14 +170,33 @@ class Run:
         check_rankings(rankings, data)
         io.write_jsonl(self.run_dir / "rankings.jsonl", (r.to_dict() for r in rankings))
 
+        metrics = self.teacher_report(teacher, data, rankings)
+        io.update_json(self.run_dir / "metrics.json", "teacher", metrics)
+        oof = metrics.get("train_oof")
+        self.ctx.log(f"teacher: {_format_metrics(metrics)} on {metrics['n']} test cases"
+                     + (f"; out-of-fold on {oof['n']} train cases: {_format_metrics(oof)}" if oof else "")
+                     + f" ({time.perf_counter() - start:.0f}s)")
+        self._mark_done("teach", fp)
+        io.write_text(self.run_dir / "report.md", render_report(self, io.read_json(self.run_dir / "metrics.json")))
+
+    def teacher_report(self, teacher: Any, data: TaskData, rankings: Sequence[Ranking]) -> dict[str, Any]:
+        """Teacher top-k on test with 95% Wilson intervals; ``train_oof``: the same on the training cases
+        ranked out of fold (cross-fitting); ``variants``: the teacher's ablation and baselines on test."""
         from mint_core.evaluation import teacher_metrics
 
+        ks = self.ks(data)
         test = data.split("test")
-        metrics = teacher_metrics(rankings={r.case_id: r for r in rankings}, cases=test, ks=self.ks(data))
-        io.update_json(self.run_dir / "metrics.json", "teacher", metrics)
-        self.ctx.log(f"teacher: {_format_metrics(metrics)} on {len(test)} test cases "
-                     f"({time.perf_counter() - start:.0f}s)")
-        self._mark_done("teach", fp)
+        by_id = {r.case_id: r for r in rankings}
+        metrics = with_intervals(teacher_metrics(rankings=by_id, cases=test, ks=ks))
+        oof = [c for c in data.split("train") if by_id[c.id].fold is not None]
+        if oof:
+            metrics["train_oof"] = with_intervals(teacher_metrics(rankings=by_id, cases=oof, ks=ks))
+        variants = teacher.variant_rankings(data=data, cases=test, ctx=self.ctx)
+        if variants:
+            metrics["variants"] = {"teacher": {k: v for k, v in metrics.items() if k not in ("train_oof",)}}
+            for name, ranked in variants.items():
+                metrics["variants"][name] = with_intervals(teacher_metrics(rankings=ranked, cases=test, ks=ks))
+        return metrics
 
     def builder_section(self, name: str | None = None) -> dict[str, Any]:
         """The builder config for ``name``: the run's own section, or defaults sharing its k/q."""
@@ -408,19 +428,6 @@ def check_rankings(rankings: Sequence[Ranking], data: TaskData) -> None:
                             f"exactly once ({len(ranking.label_ids)} entries for {len(ids)} labels).")
 
 
-def summarize_examples(examples: Sequence[PreferenceExample]) -> dict[str, Any]:
-    """Counts for the log and report.md: the built-in builders' summary when installed, else kinds."""
-    try:
-        from mint_builders.summary import summarize
-
-        return summarize(examples)
-    except ImportError:  # a third-party builder set without the built-ins: plain counts
-        kinds: dict[str, int] = {}
-        for example in examples:
-            kinds[example.kind] = kinds.get(example.kind, 0) + 1
-        return {"n_examples": len(examples), "n_cases": len({e.case_id for e in examples}), "by_kind": kinds}
-
-
 def environment(registry: Registry) -> dict[str, Any]:
     """Versions of the stack and of every plugin, for env.json."""
     versions = {}
@@ -431,6 +438,19 @@ def environment(registry: Registry) -> dict[str, Any]:
             versions[dist] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
             "plugins": [p.to_dict() for p in registry.plugins.values()]}
+
+
+def with_intervals(metrics: dict[str, Any], confidence: float = 0.95) -> dict[str, Any]:
+    """``top{k}_ci``: the Wilson score interval of each ``top{k}`` accuracy over ``metrics["n"]`` cases."""
+    from scipy.stats import binomtest
+
+    n = int(metrics.get("n") or 0)
+    out = dict(metrics)
+    for key, value in metrics.items():
+        if key.startswith("top") and isinstance(value, float) and n:
+            interval = binomtest(round(value * n), n).proportion_ci(confidence_level=confidence, method="wilson")
+            out[f"{key}_ci"] = [round(float(interval.low), 4), round(float(interval.high), 4)]
+    return out
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
@@ -551,6 +571,23 @@ def markdown_deltas(deltas: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def teacher_table(teacher: dict[str, Any]) -> str:
+    """The teacher's test figures beside its variants (ablation, baselines) and its out-of-fold train figures."""
+    rows = dict(teacher.get("variants") or {"teacher": teacher})
+    if teacher.get("train_oof"):
+        rows["teacher, train out-of-fold"] = teacher["train_oof"]
+    ks = [k for k in ("top1", "top10") if k in teacher] or [k for k in teacher if k.startswith("top") and "_" not in k]
+
+    def cell(values: dict[str, Any], k: str) -> str:
+        ci = values.get(f"{k}_ci")
+        return f"{values[k]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else (f"{values[k]:.3f}" if k in values else "—")
+
+    lines = ["| ranker | " + " | ".join(ks) + " | n |", "|---" * (len(ks) + 2) + "|"]
+    for name, values in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(values, k) for k in ks) + f" | {values.get('n', '—')} |")
+    return "\n".join(lines)
+
+
 def render_report(run: Run, all_metrics: dict[str, dict[str, Any]]) -> str:
     config = run.config
     parts = [f"# MINT run `{config['name']}`", "",
@@ -566,6 +603,9 @@ def render_report(run: Run, all_metrics: dict[str, dict[str, Any]]) -> str:
         parts += ["## Paired differences (same test cases)", "",
                   "delta = role minus reference; 95% paired-bootstrap interval; McNemar's exact test on the hits.",
                   "", markdown_deltas(deltas), ""]
+    teacher = all_metrics.get("teacher") or {}
+    if teacher.get("variants") or teacher.get("train_oof"):
+        parts += ["## Teacher", "", teacher_table(teacher), ""]
     summary_path = run.run_dir / "prefs_summary.json"
     if summary_path.exists():
         parts += ["## Preference data", ""]

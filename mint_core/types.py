@@ -135,6 +135,9 @@ class Ranking:
     case_id: str
     label_ids: list[str]
     scores: list[float] | None = None
+    #: Which model made the ranking: the cross-fitting fold whose model was trained *without* this
+    #: case (see :mod:`mint_core.crossfit`), or ``None`` for the model trained on all training cases.
+    fold: int | None = None
 
     def rank_of(self, label_id: str) -> int:
         """0-based rank of ``label_id`` (len(label_ids) when absent)."""
@@ -144,11 +147,14 @@ class Ranking:
             return len(self.label_ids)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"case_id": self.case_id, "label_ids": list(self.label_ids), "scores": self.scores}
+        row = {"case_id": self.case_id, "label_ids": list(self.label_ids), "scores": self.scores}
+        return row if self.fold is None else {**row, "fold": self.fold}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Ranking:
-        return cls(case_id=str(data["case_id"]), label_ids=list(data["label_ids"]), scores=data.get("scores"))
+        fold = data.get("fold")
+        return cls(case_id=str(data["case_id"]), label_ids=list(data["label_ids"]), scores=data.get("scores"),
+                   fold=None if fold is None else int(fold))
 
 
 @dataclass

@@ -6,7 +6,7 @@ import pytest
 
 from mint_builders import KTOConfig, SFTConfig, TopKConfig
 from mint_builders.builders import KTOBuilder, SFTBuilder, TopKBuilder
-from mint_builders.summary import summarize
+from mint_core.summary import summarize
 from mint_core.answers import parse_answer
 from mint_core.components import Task
 from mint_core.context import RunContext

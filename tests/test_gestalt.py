@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from mint_core.context import RunContext
+from mint_core.crossfit import FOLDS_FILE
 from mint_core.io import read_json
 from mint_core.registry import MintError
 from mint_core.types import Case, Label, LabelSpace, TaskData
@@ -52,7 +53,7 @@ def make_data(run_dir: Path, per_class: int = 6, size: int = 32, seed: int = 0, 
 
 
 TINY = GestaltConfig(image_size=32, epochs=3, patience=2, batch_size=8, embed_dim=32,
-                     hidden_dim=32, device="cpu", num_threads=1)
+                     hidden_dim=32, device="cpu", num_threads=1, crossfit=2)
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +188,54 @@ def test_per_branch_logits_share_one_pass_and_mask_the_other_branch(fitted):
         # "text alone" is exactly the fused logits of a case without an image, and vice versa
         assert torch.allclose(alone[0], net(text=text, text_mask=on, images=images, image_mask=~on), atol=1e-6)
         assert torch.allclose(alone[1], net(text=text, text_mask=~on, images=images, image_mask=on), atol=1e-6)
-    single = GestaltTeacher(replace(TINY, modalities="text"))._build(len(data.labels), ctx, pretrained=False)
+    text_only = GestaltTeacher(replace(TINY, modalities="text"))
+    text_only.meta = teacher.meta  # the same phenotype vocabulary, so the same notes-branch width
+    single = text_only._build(len(data.labels), ctx, pretrained=False)
     assert single(text=text, text_mask=on, per_branch=True)[1] == []
     # the auxiliary weight changes the trained weights, so it is part of the checkpoint fingerprint
     other = GestaltTeacher(replace(TINY, branch_loss=0.0))
     assert other._fingerprint(data, *other._split(data, 0), 0) != teacher.meta["fingerprint"]
+
+
+def test_out_of_fold_rankings_come_from_models_that_never_saw_their_case(fitted):
+    data, ctx, teacher, rankings = fitted
+    record = read_json(ctx.path("teacher", FOLDS_FILE))
+    train_ids = {c.id for c in data.split("train")}
+    by_id = {r.case_id: r for r in rankings}
+    assert {case_id for case_id, r in by_id.items() if r.fold is not None} == train_ids
+    for case_id in train_ids:
+        fold = by_id[case_id].fold
+        assert record["folds"][case_id] == fold
+        assert case_id not in record["trained_on"][str(fold)]  # its model never saw it
+        # ... and every other fold's model did: the folds partition the training cases.
+        assert all(case_id in ids for f, ids in record["trained_on"].items() if f != str(fold))
+    for case in data.split("val") + data.split("test"):
+        assert by_id[case.id].fold is None  # ranked by the all-train model
+    # Out-of-fold rankings differ from what the all-train model says about its own training cases.
+    own = teacher._rank_with(teacher.model, data, data.split("train"), ctx, None)
+    assert any(r.scores != by_id[r.case_id].scores for r in own)
+
+
+def test_crossfit_leaves_the_all_train_model_unchanged(tmp_path, fitted):
+    data, _, _, rankings = fitted
+    run_dir = tmp_path / "plain"
+    plain_data = make_data(run_dir)
+    ctx = RunContext(run_dir=run_dir, seed=0)
+    plain = GestaltTeacher(replace(TINY, crossfit=0))
+    plain.fit(data=plain_data, ctx=ctx)
+    plain_rankings = {r.case_id: r for r in plain.rank(data=plain_data, cases=plain_data.cases, ctx=ctx)}
+    for ranking in rankings:
+        if ranking.fold is None:
+            assert plain_rankings[ranking.case_id].scores == pytest.approx(ranking.scores, abs=1e-6)
+    assert all(r.fold is None for r in plain_rankings.values())
+
+
+def test_notes_branch_reads_the_phenotype_and_the_ablation_hides_branches(fitted):
+    data, ctx, teacher, _ = fitted
+    vocab = teacher.meta["phenotype_vocabulary"]
+    assert "HP:0001250" in vocab and "HP:0001252" in vocab  # seizures, hypotonia matched in the notes
+    inputs = teacher._inputs(data.split("test"), ctx)
+    assert inputs.phenotype.shape == (len(data.split("test")), len(vocab) + len(data.labels))
+    variants = teacher.variant_rankings(data=data, cases=data.split("test"), ctx=ctx)
+    assert set(variants) == {"notes-only", "face-only", "hpo"}
+    assert variants["notes-only"][0].scores != variants["face-only"][0].scores

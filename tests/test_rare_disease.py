@@ -23,7 +23,7 @@ from mint_rare_disease.config import RareDiseaseConfig
 from mint_rare_disease.faces import IRIS, render_face
 from mint_rare_disease.hpo import disease_profile, is_facial
 from mint_rare_disease.notes import parse_iso_age, subject_phrase
-from mint_rare_disease.splits import filter_labels, stratified_split
+from mint_rare_disease.splits import filter_labels, grouped_split, stratified_split
 from mint_rare_disease.task import RareDiseaseTask
 
 SMALL_SIM = dict(n_diseases=5, cases_per_disease=4)
@@ -298,3 +298,44 @@ def test_notes_and_profile_helpers():
     profile = disease_profile("OMIM:154700", max_terms=5)
     assert len(profile.split(", ")) == 5
     assert disease_profile("OMIM:999999") == "" and disease_profile("ORPHA:558") == ""
+
+
+def test_grouped_split_keeps_each_publication_on_one_side():
+    cases = {"A": [f"a{i}" for i in range(12)], "B": [f"b{i}" for i in range(6)], "C": ["c0", "c1", "c2"]}
+    groups = {f"a{i}": f"P{i % 4}" for i in range(12)}  # A: 4 publications of 3 cases
+    groups.update({f"b{i}": ("P0" if i < 2 else f"Q{i % 2}") for i in range(6)})  # B shares P0 with A
+    groups.update({"c0": "R", "c1": "R", "c2": "R"})  # C: one publication -> falls back to the case split
+    splits, how = grouped_split(cases, groups, test_fraction=0.25, val_fraction=0.1, seed="0")
+    assert how == {"A": "group", "B": "group", "C": "case"}
+    sides: dict[str, set[str]] = {}
+    for case_id, split in splits.items():
+        if how[case_id[0].upper()] == "group":
+            sides.setdefault(groups[case_id], set()).add(split)
+    assert all(len(s) == 1 for s in sides.values()), sides  # P0 too, across diseases
+    for label in ("A", "B"):
+        assert {"train", "test"} <= {splits[i] for i in cases[label]}
+    assert Counter(splits[i] for i in cases["C"]) == {"train": 2, "test": 1}
+    assert (splits, how) == grouped_split(cases, groups, test_fraction=0.25, val_fraction=0.1, seed="0")
+
+
+def test_phenopackets_split_by_publication(tmp_path: Path):
+    root = tmp_path / "store"
+    (root / "FBN1" / "phenopackets").mkdir(parents=True)
+    for pmid in range(4):
+        for j in range(3):
+            packet = _packet(f"PMID_{pmid}_patient_{j}", MARFAN, observed=[("HP:0001166", "Arachnodactyly")])
+            (root / "FBN1" / "phenopackets" / f"PMID_{pmid}_patient_{j}.json").write_text(json.dumps(packet))
+    config = RareDiseaseConfig(source="phenopackets", path=str(root), val_fraction=0.0)
+    _, data, log = _load(config, tmp_path / "run")
+    assert "split by publication for 1 diseases" in log
+    sides: dict[str, set[str]] = {}
+    for case in data.cases:
+        sides.setdefault(case.meta["publication"], set()).add(case.split)
+        assert case.meta["gene"] == "FBN1"
+    assert len(sides) == 4 and all(len(s) == 1 for s in sides.values())
+    assert data.info["split_by"] == "publication"
+    by_case = _load(RareDiseaseConfig(source="phenopackets", path=str(root), split_by="case", val_fraction=0.0),
+                    tmp_path / "run2")[1]
+    assert by_case.info["split_by"] == "case"
+    with pytest.raises(MintError, match="task.split_by"):
+        RareDiseaseTask(RareDiseaseConfig(split_by="author"))

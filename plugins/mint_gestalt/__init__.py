@@ -1,7 +1,10 @@
 """The ``gestalt`` teacher: a facial + clinical-notes encoder trained on the task's cases.
 
-A timm CNN embeds the face, all-MiniLM-L6-v2 (frozen, embeddings cached) embeds the notes; the
-projected embeddings are concatenated and an MLP ranks the whole label space. While training,
+A timm CNN embeds the face; the notes branch reads all-MiniLM-L6-v2's sentence embedding (frozen,
+cached) beside the notes' phenotype (``phenotype``): an information-content weighted multi-hot
+over the HPO terms the notes mention and their ancestors, and each disease's Phrank similarity to
+them (hpo3 annotations, see :mod:`mint_hpo`). The projected embeddings are concatenated and an MLP
+ranks the whole label space. While training,
 each branch alone is also scored (``branch_loss``), so the fast-fitting notes do not starve the
 face CNN. ``modalities`` drops a branch, to measure what the second modality adds.
 """
@@ -18,6 +21,15 @@ DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 @dataclass
 class GestaltConfig:
+    phenotype: bool = field(default=True, metadata={
+        "help": "Feed the notes branch the notes' HPO terms (IC-weighted multi-hot over terms + ancestors, and "
+                "each disease's Phrank similarity) beside the MiniLM embedding. The frozen sentence embedding "
+                "alone loses term-level detail: notes-only top-1 0.37-0.55 on the demo, below naive Bayes."})
+    crossfit: int = field(default=5, metadata={
+        "help": "Folds for out-of-fold rankings of the training cases (0 = off): each is ranked by a model trained "
+                "without its fold (ranking.fold), val/test cases by the model trained on all of them, fitted first "
+                "with the run seed (so test rankings match a run without cross-fitting). Fold models stop at the "
+                "all-train model's best epoch, which keeps 5 folds cheap."})
     modalities: str = field(default="both", metadata={
         "help": "Branches used: 'both' (face + notes), 'text' (notes only) or 'image' (face only)."})
     image_model: str = field(default="test_resnet", metadata={

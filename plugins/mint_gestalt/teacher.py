@@ -3,7 +3,9 @@
 Artifacts under ``ctx.path("teacher")``:
 - ``gestalt.safetensors``: the network's weights (no text encoder unless ``finetune_text``);
 - ``gestalt.json``: config, label ids, fingerprint, image normalization, training history;
-- ``text_embeddings.safetensors``: the frozen encoder's cached note embeddings.
+- ``text_embeddings.safetensors``: the frozen encoder's cached note embeddings;
+- ``fold-<k>.safetensors`` and ``folds.json`` with cross-fitting: the model trained without fold
+  ``k`` of the training cases, and each fold model's training cases.
 
 ``fit`` is skipped when ``gestalt.json`` carries the same fingerprint (config, label ids and
 train/val case ids), so a resumed run reuses the trained teacher.
@@ -12,6 +14,7 @@ train/val case ids), so a resumed run reuses the trained teacher.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mint_core.components import Teacher
+from mint_core.crossfit import FOLDS_FILE, assign_folds, cross_fit, fold_members
 from mint_core.io import atomic_path, read_json, write_json
 from mint_core.registry import MintError
 from mint_core.types import Case, Ranking, TaskData
@@ -80,6 +84,7 @@ class _Inputs:
 
     texts: list[str]
     text: torch.Tensor | None  # [N, D] cached embeddings (None when fine-tuning or text unused)
+    phenotype: torch.Tensor | None  # [N, V + L] the notes' phenotype features (None when off)
     text_mask: torch.Tensor  # [N] bool
     images: torch.Tensor | None  # [N, 3, S, S] uint8
     image_mask: torch.Tensor  # [N] bool
@@ -92,6 +97,8 @@ class GestaltTeacher(Teacher):
         self.model: GestaltNet | None = None
         self.meta: dict | None = None
         self._embedder: CachedTextEmbedder | None = None
+        self.folds: dict[str, int] = {}  # training case id -> cross-fitting fold
+        self.fold_models: dict[int, GestaltNet] = {}
         self._tokenizer = None
 
     # -- setup ---------------------------------------------------------------------------------
@@ -134,6 +141,8 @@ class GestaltTeacher(Teacher):
             text_dim = int(text_encoder.config.hidden_size)
         elif self.use_text:
             text_dim = self._text_embedder(ctx).embedding_dim()
+        if self.use_text and self.config.phenotype:
+            text_dim += len(self.meta["phenotype_vocabulary"]) + n_labels
         c = self.config
         return GestaltNet(n_labels=n_labels, modalities=c.modalities, text_dim=text_dim, image_model=c.image_model,
                           pretrained=pretrained, embed_dim=c.embed_dim, hidden_dim=c.hidden_dim, dropout=c.dropout,
@@ -145,6 +154,11 @@ class GestaltTeacher(Teacher):
         text = None
         if self.use_text and not self.config.finetune_text:
             text = self._text_embedder(ctx).embed(texts, progress=progress) * text_mask.unsqueeze(-1)
+        phenotype = None
+        if self.use_text and self.config.phenotype:
+            from mint_gestalt.phenotype import phenotype_features
+
+            phenotype = phenotype_features(cases, self.meta["phenotype_vocabulary"], self.meta["label_ids"])
         images, image_mask = None, torch.zeros(len(cases), dtype=torch.bool)
         if self.use_image:
             paths = []
@@ -154,7 +168,7 @@ class GestaltTeacher(Teacher):
                     raise MintError(f"Case {case.id!r}: image {case.image!r} not found at {path}")
                 paths.append(path)
             images, image_mask = load_images(paths, self.config.image_size)
-        return _Inputs(texts, text, text_mask, images, image_mask)
+        return _Inputs(texts, text, phenotype, text_mask, images, image_mask)
 
     # -- forward -------------------------------------------------------------------------------
     def _forward(self, inputs: _Inputs, idx: torch.Tensor, *, generator: torch.Generator | None = None,
@@ -177,6 +191,8 @@ class GestaltTeacher(Teacher):
                               max_tokens=self.config.max_text_tokens, device=device)
             else:
                 text = inputs.text[idx].to(device)
+            if inputs.phenotype is not None:
+                text = torch.cat([text, inputs.phenotype[idx].to(device)], dim=-1)
             kwargs.update(text=text, text_mask=text_mask)
         if self.use_image:
             images = normalize(inputs.images[idx].to(device), self.meta["image_mean"], self.meta["image_std"])
@@ -245,28 +261,77 @@ class GestaltTeacher(Teacher):
         for case in train + val:
             if case.label_id not in data.labels:
                 raise MintError(f"Case {case.id!r} has label {case.label_id!r} outside the label space")
-        torch.manual_seed(ctx.seed)
-        self.model = self._build(len(data.labels), ctx, pretrained=c.pretrained).to(self.device)
         self.meta = {"fingerprint": fingerprint, "config": asdict(c), "label_ids": data.labels.ids,
-                     **self._image_norm(), "n_train": len(train), "n_val": len(val)}
-        y_train = torch.tensor([data.labels.index(case.label_id) for case in train])
-        y_val = torch.tensor([data.labels.index(case.label_id) for case in val])
+                     "n_train": len(train), "n_val": len(val)}
+        if self.use_text and c.phenotype:
+            from mint_gestalt.phenotype import vocabulary
+
+            # Terms of the cases the teacher is trained on (labels unused): a fold model's unseen
+            # terms would only add untrained weights.
+            self.meta["phenotype_vocabulary"] = vocabulary(train + val)
         start = time.monotonic()
         with ctx.progress() as progress:
-            train_in = self._inputs(train, ctx, progress)
             val_in = self._inputs(val, ctx, progress) if val else None
-            history, best = self._train(train_in, y_train, val_in, y_val, ctx, progress)
-        self.meta.update(best, history=history, train_seconds=round(time.monotonic() - start, 1),
-                         n_parameters=sum(p.numel() for p in self.model.parameters()),
-                         n_train_images=int(train_in.image_mask.sum()))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        with atomic_path(ckpt_path) as tmp:
-            save_file(state, str(tmp), metadata={"fingerprint": fingerprint})
+            # The all-train model first, with the run seed: the same model as without cross-fitting.
+            self.model, history, best = self._fit_model(data, train, val_in, val, seed=ctx.seed, ctx=ctx,
+                                                        progress=progress, epochs=c.epochs)
+            self.meta.update(best, history=history, n_parameters=sum(p.numel() for p in self.model.parameters()))
+            self._save(self.model, ckpt_path, fingerprint)
+            self.fold_models, self.folds = {}, {}
+            if c.crossfit:
+                self._cross_fit(data, train, val, val_in, best["best_epoch"], fingerprint, ctx, progress)
+        self.meta["train_seconds"] = round(time.monotonic() - start, 1)
         write_json(meta_path, self.meta)
         val_note = (f", val loss {best['val_loss']:.3f} top-1 {best['val_top1']:.3f} at epoch {best['best_epoch']}"
                     if best["val_loss"] is not None else "")
-        ctx.log(f"teacher gestalt ({c.modalities}): {len(history)} epoch(s) in {self.meta['train_seconds']}s"
+        folds_note = f" (+ {len(self.fold_models)} cross-fitting fold models)" if self.fold_models else ""
+        ctx.log(f"teacher gestalt ({c.modalities}): {len(history)} epoch(s){folds_note} in {self.meta['train_seconds']}s"
                 f"{val_note}; saved {ckpt_path}")
+
+    def _cross_fit(self, data, train, val, val_in, best_epoch: int, fingerprint: str, ctx, progress) -> None:
+        """One model per fold, trained without that fold's training cases, early-stopped on the same
+        validation cases and capped at the all-train model's best epoch (what keeps 5 folds cheap)."""
+        c = self.config
+        if c.crossfit == 1 or c.crossfit < 0:
+            raise MintError(f"teacher.crossfit={c.crossfit}: use 0 (off) or at least 2 folds")
+        if len(train) < 2 * c.crossfit:
+            ctx.log(f"teacher gestalt: {len(train)} training cases are too few for teacher.crossfit={c.crossfit}; "
+                    "training cases are ranked by the all-train model")
+            return
+        self.folds = assign_folds(train, c.crossfit, seed=ctx.seed)
+        main_model = self.model
+        for fold in sorted(set(self.folds.values())):
+            fit_on = [case for case in train if self.folds[case.id] != fold]
+            model, history, _ = self._fit_model(data, fit_on, val_in, val, seed=ctx.seed + 1 + fold, ctx=ctx,
+                                                progress=progress, epochs=max(1, best_epoch), label=f"fold {fold}")
+            self._save(model, ctx.path("teacher", f"fold-{fold}.safetensors"), fingerprint)
+            self.fold_models[fold] = model
+            self.meta.setdefault("fold_epochs", []).append(len(history))
+        self.model = main_model
+        members = fold_members(train, self.folds)
+        write_json(ctx.path("teacher", FOLDS_FILE),
+                   {"folds": self.folds, "trained_on": {f: ids + sorted(v.id for v in val) for f, ids in members.items()}})
+        self.meta["crossfit_folds"] = self.folds
+
+    def _fit_model(self, data, train, val_in, val, *, seed: int, ctx, progress, epochs: int,
+                   label: str = "all") -> tuple[GestaltNet, list[dict], dict]:
+        torch.manual_seed(seed)
+        self.model = self._build(len(data.labels), ctx, pretrained=self.config.pretrained).to(self.device)
+        self.meta.update(self._image_norm())
+        y_train = torch.tensor([data.labels.index(case.label_id) for case in train])
+        y_val = torch.tensor([data.labels.index(case.label_id) for case in val])
+        train_in = self._inputs(train, ctx, progress)
+        history, best = self._train(train_in, y_train, val_in, y_val, ctx, progress, seed=seed, epochs=epochs,
+                                    label=label)
+        if label == "all":
+            self.meta["n_train_images"] = int(train_in.image_mask.sum())
+        return self.model, history, best
+
+    @staticmethod
+    def _save(model: GestaltNet, path, fingerprint: str) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"fingerprint": fingerprint})
 
     def _image_norm(self) -> dict:
         if not self.use_image:
@@ -276,7 +341,8 @@ class GestaltTeacher(Teacher):
         cfg = resolve_model_data_config(self.model.image_encoder)
         return {"image_mean": list(cfg["mean"]), "image_std": list(cfg["std"])}
 
-    def _train(self, train_in: _Inputs, y_train, val_in, y_val, ctx, progress) -> tuple[list[dict], dict]:
+    def _train(self, train_in: _Inputs, y_train, val_in, y_val, ctx, progress, *, seed: int, epochs: int,
+               label: str = "all") -> tuple[list[dict], dict]:
         c, model = self.config, self.model
         text_params = list(model.text_encoder.parameters()) if getattr(model, "text_encoder", None) else []
         text_ids = {id(p) for p in text_params}
@@ -284,12 +350,13 @@ class GestaltTeacher(Teacher):
         if text_params:
             groups.append({"params": text_params, "lr": c.text_lr})
         optimizer = torch.optim.AdamW(groups, weight_decay=c.weight_decay)
-        generator = torch.Generator().manual_seed(ctx.seed)
+        generator = torch.Generator().manual_seed(seed)
         n = len(y_train)
         best = {"best_epoch": 0, "val_loss": float("inf"), "val_top1": 0.0}
         best_state, history, stale = None, [], 0
-        job = progress.add_task(f"teacher: gestalt ({c.modalities})", total=c.epochs)
-        for epoch in range(1, c.epochs + 1):
+        name = f"teacher: gestalt ({c.modalities})" + ("" if label == "all" else f" {label}")
+        job = progress.add_task(name, total=epochs)
+        for epoch in range(1, epochs + 1):
             model.train()
             order = torch.randperm(n, generator=generator)
             batches = [order[i:i + c.batch_size] for i in range(0, n, c.batch_size)]
@@ -338,21 +405,51 @@ class GestaltTeacher(Teacher):
             raise MintError(f"teacher gestalt: the checkpoint in {ckpt_path.parent} was trained on another label "
                             "space; delete that folder to retrain")
         self.meta = meta
+        self.model = self._load_model(data, ctx, ckpt_path)
+        self.folds = dict(meta.get("crossfit_folds") or {})
+        self.fold_models = {fold: self._load_model(data, ctx, ctx.path("teacher", f"fold-{fold}.safetensors"))
+                            for fold in sorted(set(self.folds.values()))}
+
+    def _load_model(self, data: TaskData, ctx, path) -> GestaltNet:
+        if not path.exists():
+            raise MintError(f"teacher gestalt: {path} is missing; delete {path.parent} to retrain the teacher")
         # Weights come from the checkpoint: never download pretrained ones to overwrite them.
-        self.model = self._build(len(data.labels), ctx, pretrained=False)
-        self.model.load_state_dict(load_file(str(ckpt_path)))
-        self.model.to(self.device).eval()
+        model = self._build(len(data.labels), ctx, pretrained=False)
+        model.load_state_dict(load_file(str(path)))
+        return model.to(self.device).eval()
 
     def rank(self, *, data: TaskData, cases: Sequence[Case], ctx) -> list[Ranking]:
         with _threads(self.config.num_threads):
             return self._rank(data, cases, ctx)
 
-    def _rank(self, data: TaskData, cases: Sequence[Case], ctx) -> list[Ranking]:
+    def _rank(self, data: TaskData, cases: Sequence[Case], ctx, *, hide: str | None = None) -> list[Ranking]:
+        """Training cases of a cross-fitted teacher by their fold's model, the others by the all-train one;
+        ``hide`` ('text' or 'image') masks a branch, for the ablation."""
         if self.model is None:
             self._load(data, ctx)
+        held = [case for case in cases if case.id in self.folds]
+        out = {r.case_id: r for r in self._rank_with(self.model, data, [c for c in cases if c.id not in self.folds],
+                                                     ctx, hide)}
+        if held:
+            oof = cross_fit(held, self.folds, lambda fold, _fit_on, held_out:
+                            self._rank_with(self.fold_models[fold], data, held_out, ctx, hide))
+            out.update({r.case_id: r for r in oof})
+        return [out[case.id] for case in cases]
+
+    def _rank_with(self, model: GestaltNet, data: TaskData, cases: Sequence[Case], ctx, hide: str | None) -> list[Ranking]:
+        if not cases:
+            return []
         with ctx.progress() as progress:
             inputs = self._inputs(cases, ctx, progress)
-        probs = torch.softmax(self._logits(inputs), dim=-1) if cases else torch.zeros(0, len(data.labels))
+        if hide == "text":
+            inputs = dataclasses.replace(inputs, text_mask=torch.zeros_like(inputs.text_mask))
+        elif hide == "image":
+            inputs = dataclasses.replace(inputs, image_mask=torch.zeros_like(inputs.image_mask))
+        main, self.model = self.model, model
+        try:
+            probs = torch.softmax(self._logits(inputs), dim=-1)
+        finally:
+            self.model = main
         ids = data.labels.ids
         rankings = []
         for case, row in zip(cases, probs):
@@ -361,3 +458,18 @@ class GestaltTeacher(Teacher):
             rankings.append(Ranking(case_id=case.id, label_ids=[ids[j] for j in order],
                                     scores=[round(row[j].item(), 6) for j in order]))
         return rankings
+
+    def variant_rankings(self, *, data: TaskData, cases: Sequence[Case], ctx) -> dict[str, list[Ranking]]:
+        """The ablation (each branch alone, from the fitted model) and the text-only ``hpo`` baseline."""
+        from mint_hpo import HpoConfig
+        from mint_hpo.teacher import HpoTeacher
+
+        variants: dict[str, list[Ranking]] = {}
+        with _threads(self.config.num_threads):
+            if self.use_text and self.use_image:
+                variants["notes-only"] = self._rank(data, cases, ctx, hide="image")
+                variants["face-only"] = self._rank(data, cases, ctx, hide="text")
+        hpo_teacher = HpoTeacher(HpoConfig(crossfit=0))
+        hpo_teacher.fit(data=data, ctx=ctx)
+        variants["hpo"] = hpo_teacher.rank(data=data, cases=cases, ctx=ctx)
+        return variants

@@ -48,6 +48,10 @@ class RareDiseaseConfig:
     # label space and splits
     min_cases_per_disease: int = _opt(3, "Drop diseases with fewer cases (at least 2: one to train, one to test)")
     max_diseases: int = _opt(0, "Keep at most this many diseases, those with most cases (0 = all)")
+    split_by: str = _opt("publication", "phenopackets: keep cases of one 'publication' (PMID from the file name "
+                                        "or id) or one 'gene' (phenopacket-store folder) in one split, for diseases "
+                                        "with two or more of them (the others fall back to the case split); 'case' "
+                                        "splits cases independently. hpo-sim always splits by case")
     test_fraction: float = _opt(0.25, "Share of each disease's cases in the test split (at least one)")
     val_fraction: float = _opt(0.1, "Share of each disease's cases in the validation split (teacher early stopping)")
     image_size: int = _opt(128, "Side in pixels of rendered face images")

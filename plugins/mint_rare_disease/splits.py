@@ -47,3 +47,51 @@ def filter_labels(counts: Counter[str], *, min_cases: int, max_labels: int) -> t
         dropped += sorted(ranked[max_labels:])
         ranked = ranked[:max_labels]
     return sorted(ranked), dropped
+
+
+SPLIT_BY = ("case", "publication", "gene")
+
+
+def grouped_split(cases_by_label: Mapping[str, Sequence[str]], groups: Mapping[str, str | None], *,
+                  test_fraction: float, val_fraction: float, seed: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Like :func:`stratified_split`, but whole groups (publications, genes) go to one split.
+
+    Phenopacket-store cases come in cohorts: one publication annotates its patients alike, so a
+    test case whose publication also sits in train is half seen. A disease with cases from two or
+    more groups is split by group: test groups are drawn until they hold ``test_fraction`` of its
+    cases (at least one group), then validation groups (when three or more groups are left), the
+    rest train. A group met again under another disease keeps its split. A disease with one group
+    (or cases without one) falls back to the case split. Returns (case id -> split, disease -> how).
+    """
+    splits: dict[str, str] = {}
+    how: dict[str, str] = {}
+    group_split: dict[str, str] = {}
+    for label in sorted(cases_by_label):
+        ids = sorted(cases_by_label[label])
+        label_groups = sorted({groups.get(i) for i in ids if groups.get(i)})
+        if len(label_groups) < 2 or any(not groups.get(i) for i in ids):
+            splits.update(stratified_split({label: ids}, test_fraction=test_fraction, val_fraction=val_fraction,
+                                           seed=seed))
+            how[label] = "case"
+            continue
+        how[label] = "group"
+        size = Counter(groups[i] for i in ids)
+        random.Random(f"group-split:{seed}:{label}").shuffle(label_groups)
+        fresh = [g for g in label_groups if g not in group_split]
+        n_test, n_val = max(1, _round(len(ids) * test_fraction)), _round(len(ids) * val_fraction)
+        in_test = sum(size[g] for g in label_groups if group_split.get(g) == "test")
+        in_val = sum(size[g] for g in label_groups if group_split.get(g) == "val")
+        has_train = any(group_split.get(g) == "train" for g in label_groups)
+        for g in fresh:
+            left = len(fresh) - fresh.index(g)  # this group and the fresh ones after it
+            # A big cohort may overshoot the test share; skip it once some test cases are in.
+            fits = in_test == 0 or in_test + size[g] <= 1.5 * n_test
+            if in_test < n_test and fits and (left > 1 or has_train):
+                group_split[g], in_test = "test", in_test + size[g]
+            elif val_fraction > 0 and in_val < max(1, n_val) and left >= 3:
+                group_split[g], in_val = "val", in_val + size[g]
+            else:
+                group_split[g], has_train = "train", True
+        for i in ids:
+            splits[i] = group_split[groups[i]]
+    return splits, how

@@ -24,10 +24,26 @@ from mint_rare_disease import hpo
 from mint_rare_disease.config import SOURCES, RareDiseaseConfig
 from mint_rare_disease.faces import save_face
 from mint_rare_disease.notes import write_notes
-from mint_rare_disease.splits import filter_labels, stratified_split
+from mint_rare_disease.splits import SPLIT_BY, filter_labels, grouped_split, stratified_split
 
+_PMID = re.compile(r"PMID[_:]?(\d+)", re.IGNORECASE)
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 SYSTEM = "You are a clinical geneticist."
+
+
+def _publication(source_file: str, packet_id: str) -> str | None:
+    """``PMID:nnn`` from phenopacket-store's file name (``PMID_27573763_Patient_1.json``) or the id."""
+    for text in (Path(source_file).name, packet_id):
+        match = _PMID.search(text or "")
+        if match:
+            return f"PMID:{match.group(1)}"
+    return None
+
+
+def _gene(source_file: str) -> str | None:
+    """phenopacket-store's folder (``FBN1/phenopackets/x.json`` -> ``FBN1``); ``None`` for a flat folder."""
+    parts = Path(source_file).parts
+    return parts[-3] if len(parts) >= 3 and parts[-2] == "phenopackets" else (parts[0] if len(parts) > 1 else None)
 
 
 def _safe_name(case_id: str) -> str:
@@ -52,6 +68,8 @@ class RareDiseaseTask(Task):
         if not (0 < c.test_fraction < 1 and 0 <= c.val_fraction < 1 and c.test_fraction + c.val_fraction < 1):
             raise MintError(f"task.test_fraction={c.test_fraction} and task.val_fraction={c.val_fraction} must be "
                             f"in [0, 1) with test > 0 and test + val < 1")
+        if c.split_by not in SPLIT_BY:
+            raise MintError(f"task.split_by={c.split_by!r} is not one of: {', '.join(SPLIT_BY)}")
         if c.min_cases_per_disease < 2:
             raise MintError(f"task.min_cases_per_disease={c.min_cases_per_disease}: needs at least 2 "
                             f"(one case to train on, one to test)")
@@ -84,7 +102,7 @@ class RareDiseaseTask(Task):
         by_label: dict[str, list[str]] = defaultdict(list)
         for r in records:
             by_label[r["disease_id"]].append(r["id"])
-        splits = stratified_split(by_label, test_fraction=c.test_fraction, val_fraction=c.val_fraction, seed=seed)
+        splits = self._split(records, by_label, seed, info, ctx)
 
         cases = self._cases(records, splits, seed=seed, ctx=ctx)
         labels = self._labels(kept, names, cases)
@@ -94,6 +112,28 @@ class RareDiseaseTask(Task):
         ctx.log(f"rare-disease: {len(cases)} cases over {len(labels)} diseases from {c.source} "
                 f"(train {split_counts['train']}, val {split_counts['val']}, test {split_counts['test']})")
         return TaskData(labels=labels, cases=cases, student_modality=self.student_modality, info=info)
+
+    def _split(self, records: list[dict[str, Any]], by_label: dict[str, list[str]], seed: str, info: dict[str, Any],
+               ctx: RunContext) -> dict[str, str]:
+        c = self.config
+        fractions = {"test_fraction": c.test_fraction, "val_fraction": c.val_fraction, "seed": seed}
+        if c.source != "phenopackets" or c.split_by == "case":
+            info["split_by"] = "case"
+            return stratified_split(by_label, **fractions)
+        groups = {r["id"]: r["meta"].get(c.split_by) for r in records}
+        splits, how = grouped_split(by_label, groups, **fractions)
+        grouped = sorted(label for label, kind in how.items() if kind == "group")
+        sides: dict[str, set[str]] = defaultdict(set)
+        for case_id, split in splits.items():
+            if groups.get(case_id):
+                sides[groups[case_id]].add(split)
+        n_groups = {s: sum(1 for v in sides.values() if s in v) for s in ("train", "val", "test")}
+        info.update(split_by=c.split_by, diseases_split_by_group=len(grouped), diseases_split_by_case=len(how) - len(grouped),
+                    groups_per_split=n_groups)
+        ctx.log(f"rare-disease: split by {c.split_by} for {len(grouped)} diseases (with 2+ {c.split_by}s), by case "
+                f"for {len(how) - len(grouped)}; {c.split_by}s in train {n_groups['train']}, val {n_groups['val']}, "
+                f"test {n_groups['test']}")
+        return splits
 
     def _simulate(self, seed: str, ctx: RunContext) -> tuple[list[dict[str, Any]], dict[str, list[str]], dict[str, Any]]:
         from mint_rare_disease import simulate
@@ -135,7 +175,8 @@ class RareDiseaseTask(Task):
                 names[p.disease_id][p.disease_label] += 1
             records.append({"id": p.id, "disease_id": p.disease_id, "observed": p.observed, "excluded": p.excluded,
                             "sex": p.sex, "age_years": p.age_years,
-                            "meta": {"source": "phenopackets", "source_file": p.source, "disease_label": p.disease_label}})
+                            "meta": {"source": "phenopackets", "source_file": p.source, "disease_label": p.disease_label,
+                                     "publication": _publication(p.source, p.id), "gene": _gene(p.source)}})
         # Most frequent label first (ties alphabetical); the others become synonyms.
         ordered = {d: [n for n, _ in sorted(cnt.items(), key=lambda kv: (-kv[1], kv[0]))] for d, cnt in names.items()}
         info = {"path": str(path), "skipped": {k: int(v) for k, v in skipped.items()}, "n_files_read": len(packets) + total}
@@ -176,7 +217,8 @@ class RareDiseaseTask(Task):
                 n_photos += image_source == "photo"
                 meta = dict(r["meta"])
                 meta.update(hpo_ids=[t for t, _ in observed], excluded_hpo_ids=[t for t, _ in excluded],
-                            facial_hpo_ids=facial, notes_hpo_ids=[t for t, _ in in_notes], sex=r["sex"],
+                            facial_hpo_ids=facial, notes_hpo_ids=[t for t, _ in in_notes],
+                            notes_excluded_hpo_ids=[t for t, _ in negated], sex=r["sex"],
                             age_years=r["age_years"], image_source=image_source)
                 cases.append(Case(id=r["id"], label_ids=(r["disease_id"],), split=splits[r["id"]],  # type: ignore[arg-type]
                                   text=text, image=image, meta=meta))
