@@ -61,8 +61,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} does not exist (--config).")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8.") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of sections, not {type(data).__name__}.")
     for key, value in data.items():

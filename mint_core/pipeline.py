@@ -120,7 +120,13 @@ class Run:
         if not cases_path.exists():
             raise MintError(f"{cases_path} is missing: run 'mint teach --run-dir {self.run_dir}' first.")
         meta = io.read_json(self.run_dir / "task.json", expect=dict, hint=TEACH_HINT)
-        labels = LabelSpace.from_list(io.read_json(self.run_dir / "labels.json", expect=list, hint=TEACH_HINT))
+        if not isinstance(meta.get("student_modality"), str) or not isinstance(meta.get("info"), dict):
+            raise MintError(f"{self.run_dir / 'task.json'}: needs 'student_modality' and 'info'. {TEACH_HINT}")
+        labels_path = self.run_dir / "labels.json"
+        try:
+            labels = LabelSpace.from_list(io.read_json(labels_path, expect=list, hint=TEACH_HINT))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MintError(f"{labels_path}: not a list of labels with 'id' and 'name' ({exc}). {TEACH_HINT}") from None
         cases = io.read_jsonl(cases_path, parse=Case.from_dict)
         data = TaskData(labels=labels, cases=cases, student_modality=meta["student_modality"], info=meta["info"])
         self.ctx.extras.update(data=data, task=self.component("task"))

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from rich.markup import escape
+
 from mint_core.io import atomic_path
 from mint_core.registry import MintError
 
@@ -232,8 +234,8 @@ def read_phenopackets(path: str | Path, *, log: Callable[[str], None] | None = N
             skipped[skip.reason] += 1
             total = sum(skipped.values())
             if total <= MAX_NAMED_SKIPS:
-                say(f"[yellow]rare-disease: skipped {path / name if path.is_dir() else f'{path}:{name}'}: "
-                    f"{skip.reason} ({skip})[/yellow]")
+                where = path / name if path.is_dir() else f"{path}:{name}"
+                say(f"[yellow]rare-disease: skipped {escape(str(where))}: {skip.reason} ({escape(str(skip))})[/yellow]")
             elif total == MAX_NAMED_SKIPS + 1:
                 say("[yellow]rare-disease: more files skipped; the totals follow[/yellow]")
             continue
@@ -248,12 +250,12 @@ def read_phenopackets(path: str | Path, *, log: Callable[[str], None] | None = N
     if dropped_terms:
         file, term_id = dropped_terms[0]
         say(f"[yellow]rare-disease: dropped {len(dropped_terms)} HPO term(s) without a label that this HPO "
-            f"release does not know, from {len({f for f, _ in dropped_terms})} file(s); first: {term_id} in "
-            f"{file}[/yellow]")
+            f"release does not know, from {len({f for f, _ in dropped_terms})} file(s); first: {escape(term_id)} in "
+            f"{escape(file)}[/yellow]")
     if dropped_ages:
         file, text = dropped_ages[0]
         say(f"[yellow]rare-disease: ignored {len(dropped_ages)} age(s) over {MAX_AGE_YEARS} years (the case "
-            f"keeps no age); first: {text!r} in {file}[/yellow]")
+            f"keeps no age); first: {escape(repr(text))} in {escape(file)}[/yellow]")
     return packets, skipped
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
+from rich.markup import escape
 
 from mint_core.io import atomic_path, safe_file_name
 from mint_core.registry import MintError
@@ -87,7 +88,7 @@ def load_imagefolder(root: Path, *, run_dir: Path, images_dir: Path, copy: bool 
     for salt, class_dir in enumerate(class_dirs):
         label = label_for_class(class_dir.name)
         if label.id in labels:
-            log(f"[yellow]tissue: folder {class_dir.name!r} maps to the same label as another folder "
+            log(f"[yellow]tissue: folder {escape(repr(class_dir.name))} maps to the same label as another folder "
                 f"({label.id!r}); merging them[/yellow]")
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -118,11 +119,11 @@ def load_imagefolder(root: Path, *, run_dir: Path, images_dir: Path, copy: bool 
                               meta={"source": "imagefolder", "file": str(path), "class_folder": class_dir.name}))
             stats.kept += 1
     if stats.empty_folders:
-        log(f"[yellow]tissue: {len(stats.empty_folders)} class folder(s) under {root} hold no image "
-            f"({', '.join(sorted(IMAGE_SUFFIXES))}) and give no class: {', '.join(stats.empty_folders)}[/yellow]")
+        log(f"[yellow]tissue: {len(stats.empty_folders)} class folder(s) under {escape(str(root))} hold no image "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}) and give no class: {escape(', '.join(stats.empty_folders))}[/yellow]")
     if stats.skipped:
-        log(f"[yellow]tissue: skipped {len(stats.skipped)} unreadable image(s) under {root}; first: "
-            f"{stats.skipped[0]}[/yellow]")
+        log(f"[yellow]tissue: skipped {len(stats.skipped)} unreadable image(s) under {escape(str(root))}; first: "
+            f"{escape(stats.skipped[0])}[/yellow]")
     return list(labels.values()), cases, stats
 
 
@@ -198,5 +199,5 @@ def load_pannuke(root: Path, *, run_dir: Path, images_dir: Path, allow_pickle: b
                 stats.kept += 1
     if stats.skipped:
         log(f"[yellow]tissue: skipped {len(stats.skipped)} unreadable PanNuke tile(s); first: "
-            f"{stats.skipped[0]}[/yellow]")
+            f"{escape(stats.skipped[0])}[/yellow]")
     return list(labels.values()), cases, stats
