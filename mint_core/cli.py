@@ -13,6 +13,7 @@ Overrides are trailing ``section.key=value`` words (``teacher.epochs=5 seed=3``)
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mint_core import __version__
 from mint_core.registry import KINDS, MintError, Registry, get_registry
@@ -98,11 +100,26 @@ class MintGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
+        # The one place errors become messages. MintError: bad input, said by the code that found it.
+        # OSError: the file system refused (permission, disk full, a name too long); its message names
+        # the file. Anything else is a bug in MINT or a plugin and keeps its traceback.
+        # MINT_DEBUG=1 re-raises both, for the full traceback.
         try:
             return super().invoke(ctx)
-        except MintError as exc:
-            err_console.print(f"[bold red]Error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
+        except (MintError, OSError) as exc:
+            if os.environ.get("MINT_DEBUG", "").strip() in {"1", "true", "yes"}:
+                raise
+            message = str(exc) if isinstance(exc, MintError) else _os_error_message(exc)
+            # The message is plain text: brackets in it ("[1, 3]", a file name) are not rich markup.
+            err_console.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code if isinstance(exc, MintError) else 1)
+
+
+def _os_error_message(exc: OSError) -> str:
+    """``[Errno 36] File name too long: 'x'`` -> ``File name too long: x`` (MINT_DEBUG=1 shows the traceback)."""
+    reason = exc.strerror or str(exc)
+    files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    return f"{reason}: {files}" if files else reason
 
 
 @click.group(cls=MintGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,11 +15,22 @@ Component names are picked first, because the options a section accepts depend o
 component: ``teacher.epochs`` is valid for ``gestalt`` and unknown for ``predictions``.
 A component chosen explicitly may pick defaults for its neighbours (``pairs_with``): choosing
 ``--teacher pathclip`` selects the tissue task and the vision student unless those were chosen too.
+
+Every value is checked where the configuration is built (so ``mint validate`` catches it): against
+its field's type, and against the bounds in the field's metadata, one mechanism for every plugin::
+
+    learning_rate: float = field(default=2e-4, metadata={"help": "...", "gt": 0})
+    max_steps: int = field(default=-1, metadata={"help": "...; -1 uses epochs", "min": -1})
+
+``min`` / ``max`` are inclusive bounds, ``gt`` / ``lt`` exclusive ones; ``None`` always passes
+(an optional field's "unset"). Floats must be finite everywhere: ``nan`` and ``inf`` are rejected.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -31,6 +42,9 @@ from mint_core.registry import KINDS, MintError, Registry, suggest
 
 SECTIONS = (*KINDS, "eval")
 TOP_LEVEL = ("name", "seed")
+#: Bounds metadata keys and the comparison each stands for (see the module docstring).
+BOUNDS = {"min": (lambda v, b: v >= b, ">="), "max": (lambda v, b: v <= b, "<="),
+          "gt": (lambda v, b: v > b, ">"), "lt": (lambda v, b: v < b, "<")}
 DEFAULT_NAMES = {"task": "rare-disease", "teacher": "gestalt", "builder": None, "optimizer": "orpo",
                  "student": "llama-text"}
 DEFAULT_BUILDER = "topk"
@@ -47,8 +61,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} does not exist (--config).")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8.") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of sections, not {type(data).__name__}.")
     for key, value in data.items():
@@ -140,7 +156,7 @@ def resolve(registry: Registry, *, file: Mapping[str, Any] | None = None, flags:
     explicit = _merge(file, flag_layer, overrides or {})
 
     names = _pick_names(registry, explicit)
-    resolved: dict[str, Any] = {"name": str(explicit.get("name") or "default"), "seed": int(explicit.get("seed", 0))}
+    resolved: dict[str, Any] = {"name": str(explicit.get("name") or "default"), "seed": _seed(explicit.get("seed", 0))}
     for kind in KINDS:
         spec = registry.get(kind, names[kind])
         valid = {name for name, *_ in spec.config_fields()}
@@ -158,6 +174,14 @@ def resolve(registry: Registry, *, file: Mapping[str, Any] | None = None, flags:
     eval_options = {**(soft or {}).get("eval", {}), **(explicit.get("eval") or {})}
     resolved["eval"] = config_to_dict(build_config(EvalConfig, eval_options, section="eval", component=None))
     return resolved
+
+
+def _seed(value: Any) -> int:
+    """The run seed: a non-negative integer (numpy's generators reject negative seeds)."""
+    seed = _coerce(value, int, where="seed", cls=object)
+    if seed < 0:
+        raise ConfigError(f"seed={seed} is negative: use an integer >= 0 (--seed N or seed=N).")
+    return seed
 
 
 def _pick_names(registry: Registry, explicit: Mapping[str, Any]) -> dict[str, str]:
@@ -193,10 +217,24 @@ def build_config(cls: type | None, options: Mapping[str, Any], *, section: str, 
             owner = f"{section} {component!r}" if component else section
             raise ConfigError(_unknown_key_message(f"Unknown key {section}.{key} for {owner}.", key, sorted(valid)))
         values[key] = _coerce(value, valid[key].type, where=f"{section}.{key}", cls=cls)
+        check_bounds(values[key], valid[key], where=f"{section}.{key}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[{section}] invalid options for {component or section}: {exc}") from exc
+
+
+def check_bounds(value: Any, spec: dataclasses.Field, *, where: str) -> None:
+    """Raise :class:`ConfigError` when ``value`` breaks a bound in ``spec.metadata`` (``min``, ``max``,
+    ``gt``, ``lt``); the message names the option, the bound and the option's help."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    for key, (holds, symbol) in BOUNDS.items():
+        bound = spec.metadata.get(key)
+        if bound is not None and not holds(value, bound):
+            help_text = spec.metadata.get("help", "")
+            raise ConfigError(f"{where}={value!r} is out of range: it must be {symbol} {bound}."
+                              + (f" ({where}: {help_text})" if help_text else ""))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -229,8 +267,12 @@ def _coerce(value: Any, annotation: Any, *, where: str, cls: type) -> Any:
             return value
         raise ConfigError(f"{where}={value!r} is not one of: {', '.join(map(str, args))}.")
     if origin in (list, tuple, Sequence) or annotation in (list, tuple):
-        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
-        return type(annotation)(items) if annotation in (list, tuple) else (tuple(items) if origin is tuple else list(items))
+        items = value if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",") if v.strip()]
+        if len(args) == 1 or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+            items = [_coerce(item, args[0], where=where, cls=cls) for item in items]  # ks=1,3,10 -> [1, 3, 10]
+        if annotation in (list, tuple):
+            return annotation(items)
+        return tuple(items) if origin is tuple else list(items)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -240,14 +282,19 @@ def _coerce(value: Any, annotation: Any, *, where: str, cls: type) -> Any:
             return False
         raise ConfigError(f"{where}={value!r} is not a boolean (true/false).")
     if annotation is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or str(value).lstrip("-").isdigit()):
-            raise ConfigError(f"{where}={value!r} is not an integer.")
-        return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+            return int(value)
+        raise ConfigError(f"{where}={value!r} is not an integer.")
     if annotation is float:
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{where}={value!r} is not a number.") from None
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise ConfigError(f"{where}={value!r} is not a finite number.")
+        return number
     if annotation is str:
         return "" if value is None else str(value)
     if origin is dict or annotation is dict:

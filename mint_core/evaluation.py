@@ -80,12 +80,13 @@ class EvalConfig:
         "help": "generation (parse the student's answer list), ranking (score every label by log-likelihood) "
                 "or both."})
     max_new_tokens: int = field(default=160, metadata={
-        "help": "Tokens the student may write per answer (about 10 names plus the header)."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch; candidates per scoring batch."})
+        "help": "Tokens the student may write per answer (about 10 names plus the header).", "min": 1})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch; candidates per scoring batch.", "min": 1})
     max_cases: int | None = field(default=None, metadata={
-        "help": "Evaluate only the first N test cases (None = all)."})
+        "help": "Evaluate only the first N test cases (None or 0 = all).", "min": 0})
     fuzzy_threshold: float = field(default=0.8, metadata={
-        "help": "Least rapidfuzz ratio (0-1) for a listed name to match a label it does not spell exactly."})
+        "help": "Least rapidfuzz ratio (0-1) for a listed name to match a label it does not spell exactly.",
+        "gt": 0, "max": 1})
     ks: list[int] | None = field(default=None, metadata={
         "help": "Top-k accuracies to report, e.g. 1,3,10. None: [1,3,10], or [1,3,5] for small label spaces/lists."})
     max_generation_cases: int | None = field(default=None, metadata={

@@ -38,6 +38,10 @@ log = logging.getLogger("mint")
 
 STAGES = ("teach", "prefs", "train", "eval")
 BASE_ROLE = "base"
+#: What to do about a damaged bookkeeping file. A corrupt stages.json is an error, not "absent":
+#: treating it as absent would silently redo hours of finished stages; deleting it is one command.
+STAGES_HINT = "It records which stages finished: delete it to re-run every stage."
+TEACH_HINT = "Run 'mint teach' again on this run directory to rewrite it (delete stages.json first)."
 
 
 def seed_everything(seed: int) -> None:
@@ -94,7 +98,7 @@ class Run:
 
     def _state(self) -> dict[str, str]:
         path = self.run_dir / "stages.json"
-        return io.read_json(path) if path.exists() else {}
+        return io.read_json(path, expect=dict, hint=STAGES_HINT) if path.exists() else {}
 
     def _is_done(self, key: str, fp: str, *artifacts: Path) -> bool:
         return self._state().get(key) == fp and all(p.exists() for p in artifacts)
@@ -116,9 +120,15 @@ class Run:
         cases_path = self.run_dir / "cases.jsonl"
         if not cases_path.exists():
             raise MintError(f"{cases_path} is missing: run 'mint teach --run-dir {self.run_dir}' first.")
-        meta = io.read_json(self.run_dir / "task.json")
-        labels = LabelSpace.from_list(io.read_json(self.run_dir / "labels.json"))
-        cases = [Case.from_dict(row) for row in io.read_jsonl(cases_path)]
+        meta = io.read_json(self.run_dir / "task.json", expect=dict, hint=TEACH_HINT)
+        if not isinstance(meta.get("student_modality"), str) or not isinstance(meta.get("info"), dict):
+            raise MintError(f"{self.run_dir / 'task.json'}: needs 'student_modality' and 'info'. {TEACH_HINT}")
+        labels_path = self.run_dir / "labels.json"
+        try:
+            labels = LabelSpace.from_list(io.read_json(labels_path, expect=list, hint=TEACH_HINT))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MintError(f"{labels_path}: not a list of labels with 'id' and 'name' ({exc}). {TEACH_HINT}") from None
+        cases = io.read_jsonl(cases_path, parse=Case.from_dict)
         data = TaskData(labels=labels, cases=cases, student_modality=meta["student_modality"], info=meta["info"])
         self.ctx.extras.update(data=data, task=self.component("task"))
         return data
@@ -127,7 +137,7 @@ class Run:
         path = self.run_dir / "rankings.jsonl"
         if not path.exists():
             raise MintError(f"{path} is missing: run 'mint teach --run-dir {self.run_dir}' first.")
-        return {r.case_id: r for r in (Ranking.from_dict(row) for row in io.read_jsonl(path))}
+        return {r.case_id: r for r in io.read_jsonl(path, parse=Ranking.from_dict)}
 
     def n_answers(self) -> int:
         k = self.config["builder"].get("k")
@@ -266,7 +276,7 @@ class Run:
         seed_everything(self.ctx.seed)
         self._discard_stale_training(out, fp)
         self.load_data()
-        examples = [PreferenceExample.from_dict(row) for row in io.read_jsonl(prefs_path)]
+        examples = io.read_jsonl(prefs_path, parse=PreferenceExample.from_dict)
         spec = self.registry.get("optimizer", name)
         options = {k: v for k, v in section.items() if k != "name"}
         optimizer_obj = spec.create(build_config(spec.config, options, section="optimizer", component=name))
@@ -284,7 +294,7 @@ class Run:
         """Checkpoints resume a killed run only if they came from the same configuration: a changed
         option (more steps, another learning rate) starts training afresh instead of resuming."""
         marker = out / "fingerprint.json"
-        if marker.exists() and io.read_json(marker).get("fingerprint") != fp:
+        if marker.exists() and io.read_json(marker, expect=dict).get("fingerprint") != fp:
             import shutil
 
             self.ctx.log(f"train: the configuration changed since {out.name}'s checkpoints; training afresh")
@@ -322,7 +332,7 @@ class Run:
                 result_path = self.student_dir(role) / "result.json"
                 if not result_path.exists():
                     raise MintError(f"No trained student {role!r} in {self.run_dir}: run 'mint train --optimizer {role}' first.")
-                result = io.read_json(result_path)
+                result = io.read_json(result_path, expect=dict)
                 adapter_dir = Path(result["adapter_dir"]) if result.get("adapter_dir") else None
                 section = result["optimizer"]
             fp = fingerprint(self.section_fp("task", "teacher", "student", "eval"), section,
@@ -359,7 +369,7 @@ class Run:
             # A run taught by an older MINT: give the teacher's figures their intervals too (cheap).
             io.update_json(self.run_dir / "metrics.json", "teacher",
                            teacher_metrics(rankings=rankings, cases=data.split("test"), ks=ks))
-        all_metrics = io.read_json(self.run_dir / "metrics.json")
+        all_metrics = io.read_json(self.run_dir / "metrics.json", expect=dict)
         io.write_json(self.run_dir / "deltas.json", self.paired_deltas(all_metrics))
         io.write_text(self.run_dir / "report.md", render_report(self, all_metrics))
         return all_metrics
@@ -609,7 +619,7 @@ def render_report(run: Run, all_metrics: dict[str, dict[str, Any]]) -> str:
     summary_path = run.run_dir / "prefs_summary.json"
     if summary_path.exists():
         parts += ["## Preference data", ""]
-        for builder, summary in io.read_json(summary_path).items():
+        for builder, summary in io.read_json(summary_path, expect=dict).items():
             parts.append(f"- `{builder}`: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
         parts.append("")
     curves = sorted(run.run_dir.glob("students/*/training_curve.png"))

@@ -98,6 +98,15 @@ class LabelSpace:
         return cls(Label.from_dict(item) for item in items)
 
 
+def _id_list(value: Any, name: str, *, empty: bool = True) -> list[str]:
+    """``value`` as a list of ids; a string or a number is an error, not a list of characters."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, (str, int)) for item in value):
+        raise ValueError(f"{name} must be a list of ids, not {value!r:.60}")
+    if not value and not empty:
+        raise ValueError(f"{name} is empty")
+    return [str(item) for item in value]
+
+
 @dataclass
 class Case:
     """One patient or specimen: its modalities and its true label(s).
@@ -124,8 +133,11 @@ class Case:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Case:
-        return cls(id=str(data["id"]), label_ids=tuple(data["label_ids"]), split=data.get("split", "train"),
-                   text=data.get("text"), image=data.get("image"), meta=dict(data.get("meta") or {}))
+        split = data.get("split", "train")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split {split!r} is not train, val or test")
+        return cls(id=str(data["id"]), label_ids=tuple(_id_list(data["label_ids"], "label_ids", empty=False)),
+                   split=split, text=data.get("text"), image=data.get("image"), meta=dict(data.get("meta") or {}))
 
 
 @dataclass
@@ -153,8 +165,8 @@ class Ranking:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Ranking:
         fold = data.get("fold")
-        return cls(case_id=str(data["case_id"]), label_ids=list(data["label_ids"]), scores=data.get("scores"),
-                   fold=None if fold is None else int(fold))
+        return cls(case_id=str(data["case_id"]), label_ids=_id_list(data["label_ids"], "label_ids"),
+                   scores=data.get("scores"), fold=None if fold is None else int(fold))
 
 
 @dataclass

@@ -35,26 +35,27 @@ if TYPE_CHECKING:
 class TrainingOptions:
     """Options shared by every MINT optimizer (ORPO, DPO, KTO, SFT); subclass it to add your own."""
 
-    epochs: float = field(default=1, metadata={"help": "Passes over the training examples (ignored when max_steps > 0)."})
-    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps to run; -1 uses epochs."})
+    epochs: float = field(default=1, metadata={"help": "Passes over the training examples (ignored when max_steps > 0).", "gt": 0})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps to run; -1 uses epochs.", "min": -1})
     learning_rate: float = field(default=2e-4, metadata={
         "help": "Peak learning rate (AdamW). 2e-4 suits the CPU demo with LoRA r=16; the ORPO paper used 5e-5 "
-                "with r=256."})
+                "with r=256.", "gt": 0})
     lr_scheduler: str = field(default="linear", metadata={
         "help": "transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of the steps spent warming the learning rate up."})
-    batch_size: int = field(default=2, metadata={"help": "Examples (pairs) per device per micro-batch."})
-    grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of the steps spent warming the learning rate up.", "min": 0, "max": 1})
+    batch_size: int = field(default=2, metadata={"help": "Examples (pairs) per device per micro-batch.", "min": 1})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step.", "min": 1})
     beta: float = field(default=0.1, metadata={
-        "help": "Preference strength: ORPO's λ (weight of the odds-ratio term), DPO/KTO's β."})
+        "help": "Preference strength: ORPO's λ (weight of the odds-ratio term), DPO/KTO's β.", "min": 0})
     max_length: int = field(default=1024, metadata={
-        "help": "Longest prompt + answer in tokens; answers are cut to fit."})
+        "help": "Longest prompt + answer in tokens; answers are cut to fit.", "min": 1})
     max_prompt_length: int = field(default=768, metadata={
-        "help": "Longest prompt in tokens; longer prompts lose their beginning (left truncation)."})
-    seed: int | None = field(default=None, metadata={"help": "Training seed; empty uses the run seed."})
+        "help": "Longest prompt in tokens; longer prompts lose their beginning (left truncation).", "min": 1})
+    seed: int | None = field(default=None, metadata={"help": "Training seed; empty uses the run seed.", "min": 0})
     save_steps: int = field(default=10, metadata={
-        "help": "Checkpoint every N optimizer steps under <output>/checkpoints; a killed run resumes from the last."})
-    logging_steps: int = field(default=1, metadata={"help": "Log metrics (metrics.jsonl) every N steps."})
+        "help": "Checkpoint every N optimizer steps under <output>/checkpoints; a killed run resumes from the last.",
+        "min": 1})
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics (metrics.jsonl) every N steps.", "min": 1})
     bf16: str = field(default="auto", metadata={
         "help": "bfloat16 autocast: auto (on a GPU that supports it; never on CPU), true, false. On CPU 'true' "
                 "uses AMX/AVX512-BF16 where present; parity tests stay fp32."})

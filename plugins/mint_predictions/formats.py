@@ -51,6 +51,8 @@ def _float(value, where: str, what: str) -> float:
         raise MintError(f"{where}: {what} {value!r} is not a number") from None
     if math.isnan(number):
         raise MintError(f"{where}: {what} is NaN")
+    if math.isinf(number):  # written back as Infinity, which strict JSON readers reject
+        raise MintError(f"{where}: {what} is {value!r}, not a finite number: clip it to the largest finite score")
     return number
 
 
@@ -66,6 +68,8 @@ def _read_jsonl(path: Path, sign: float) -> tuple[str, dict[str, list[Entry]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise MintError(f"{where}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise MintError(f"{where}: JSON nested too deeply to read") from None
             if not isinstance(row, dict) or "case_id" not in row:
                 raise MintError(f"{where}: each line needs a 'case_id' and 'labels' (ranked list) or 'scores' (object)")
             case_id = str(row["case_id"])
@@ -140,12 +144,14 @@ def read_rankings(path: str | Path, labels: LabelSpace, case_ids: set[str], *,
         raise MintError(f"teacher.path: predictions file {str(path)!r} not found")
     sign = 1.0 if higher_is_better else -1.0
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        fmt, entries = _read_jsonl(path, sign)
-    elif suffix in (".csv", ".tsv"):
-        fmt, entries = _read_csv(path, sign)
-    else:
+    if suffix not in (".jsonl", ".ndjson", ".csv", ".tsv"):
         raise MintError(f"teacher.path: {str(path)!r} must end in .jsonl, .ndjson, .csv or .tsv")
+    try:
+        fmt, entries = (_read_jsonl if suffix in (".jsonl", ".ndjson") else _read_csv)(path, sign)
+    except UnicodeDecodeError as exc:
+        raise MintError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise MintError(f"{path}: not a readable CSV/TSV file ({exc})") from None
 
     unknown_cases = [case_id for case_id in entries if case_id not in case_ids]
     if unknown_cases:

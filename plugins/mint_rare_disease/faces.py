@@ -211,6 +211,13 @@ TERM_EFFECTS: dict[str, dict[str, float]] = {
     "HP:0000385": {"ear_size": -0.4},                       # Small earlobe
 }
 
+#: Each parameter's range: several findings add up, and the face must stay a face.
+PARAM_LIMIT = 2.0
+#: Least scale factor of any length: with every parameter within PARAM_LIMIT, a radius, a width or
+#: a lip thickness never reaches zero or goes negative (PIL rejects an arc or ellipse whose box is
+#: inverted: a bulbous-nose factor of 1 + 0.7 * nose_tip is negative at nose_tip = -2).
+MIN_SCALE = 0.2
+
 #: Strength of an inherited ancestor effect and of the hashed per-term perturbation.
 INHERITED_WEIGHT = 0.7
 HASHED_DELTA = 0.8
@@ -254,8 +261,23 @@ def face_params(term_ids: Iterable[str], *, key: str, jitter: float = JITTER_SD)
     rng = random.Random(f"face:{key}")
     for name in PARAM_NAMES:
         value = getattr(params, name) + rng.gauss(0.0, jitter)
-        setattr(params, name, max(-2.0, min(2.0, value)))  # several findings add up; keep it a face
-    return params
+        setattr(params, name, value)
+    return _clamped(params)
+
+
+def _clamped(params: FaceParams) -> FaceParams:
+    """A copy with every parameter in [-PARAM_LIMIT, PARAM_LIMIT] (a non-finite value becomes 0)."""
+    values = {name: getattr(params, name) for name in PARAM_NAMES}
+    return FaceParams(**{name: max(-PARAM_LIMIT, min(PARAM_LIMIT, v)) if math.isfinite(v) else 0.0
+                         for name, v in values.items()})
+
+
+def _scale(*changes: float) -> float:
+    """``1 + sum(changes)``, floored at :data:`MIN_SCALE` so no length collapses or turns inside out."""
+    total = 1.0
+    for change in changes:  # added left to right, exactly as the written-out formula was
+        total += change
+    return max(MIN_SCALE, total)
 
 
 def _mix(color: tuple[int, int, int], other: tuple[int, int, int], t: float) -> tuple[int, int, int]:
@@ -274,21 +296,22 @@ def _rotated_ellipse(cx: float, cy: float, rx: float, ry: float, angle: float, n
 
 
 def draw_face(params: FaceParams, *, size: int = 128, offset: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
-    """Draw the face for ``params`` on a ``size`` x ``size`` RGB canvas."""
-    p = params
+    """Draw the face for ``params`` on a ``size`` x ``size`` RGB canvas; any parameters give a valid
+    drawing (they are clamped to :data:`PARAM_LIMIT`, every length to at least :data:`MIN_SCALE`)."""
+    p = _clamped(params)
     s = size / 128.0
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     width = max(1, round((1.2 + 0.6 * max(0.0, p.coarseness)) * s))
     cx, cy = size / 2 + offset[0] * s, size / 2 + 4 * s + offset[1] * s
-    half_w = 36 * s * (1 + 0.14 * p.head_size) * (1 + 0.14 * p.head_width)
-    half_h = 46 * s * (1 + 0.14 * p.head_size) * (1 + 0.13 * p.face_length - 0.05 * p.head_width)
+    half_w = 36 * s * _scale(0.14 * p.head_size) * _scale(0.14 * p.head_width)
+    half_h = 46 * s * _scale(0.14 * p.head_size) * _scale(0.13 * p.face_length, -0.05 * p.head_width)
     tilt = 0.09 * p.asymmetry  # plagiocephaly / asymmetry: a slight roll of the whole face
 
     # Ears first: the face outline covers their inner half.
     ear_y = cy - 0.05 * half_h + 0.28 * half_h * p.ear_low
-    ear_rx = 5.5 * s * (1 + 0.3 * p.ear_size + 0.45 * p.ear_protrusion)
-    ear_ry = 10 * s * (1 + 0.35 * p.ear_size)
+    ear_rx = 5.5 * s * _scale(0.3 * p.ear_size, 0.45 * p.ear_protrusion)
+    ear_ry = 10 * s * _scale(0.35 * p.ear_size)
     for side in (-1, 1):
         angle = side * 0.45 * p.ear_rotation
         ex = cx + side * (half_w - 1.5 * s + 4.0 * s * p.ear_protrusion)
@@ -300,11 +323,11 @@ def draw_face(params: FaceParams, *, size: int = 128, offset: tuple[float, float
         t = 2 * math.pi * i / 72
         x, y = math.cos(t), math.sin(t)  # y > 0 is the lower half (image coordinates)
         if y > 0:
-            x *= 1 + 0.16 * p.jaw * y - 0.30 * p.chin_point * y * y + 0.12 * p.cheeks * (1 - y)
-            y *= 1 + 0.12 * p.jaw + 0.05 * p.chin_point
+            x *= _scale(0.16 * p.jaw * y, -0.30 * p.chin_point * y * y, 0.12 * p.cheeks * (1 - y))
+            y *= _scale(0.12 * p.jaw, 0.05 * p.chin_point)
         else:
-            x *= 1 + 0.15 * p.forehead_width * (-y)
-            y *= 1 + 0.07 * p.forehead_prominence
+            x *= _scale(0.15 * p.forehead_width * (-y))
+            y *= _scale(0.07 * p.forehead_prominence)
         px, py = cx + x * half_w, cy + y * half_h
         outline.append((px, py + tilt * (px - cx)))
     draw.polygon(outline, fill=SKIN, outline=LINE)
@@ -326,16 +349,16 @@ def draw_face(params: FaceParams, *, size: int = 128, offset: tuple[float, float
     cheek_y = cy + 0.22 * half_h
     cheek_tone = _mix(SKIN, (185, 140, 110), 0.55 * max(0.0, -p.midface)) if p.midface < 0 else \
         _mix(SKIN, (235, 150, 140), 0.55 * max(0.0, p.cheeks))
-    cheek_r = 0.15 * half_w * (1 + 0.45 * max(0.0, p.cheeks))
+    cheek_r = 0.15 * half_w * _scale(0.45 * max(0.0, p.cheeks))
     for side in (-1, 1):
         x = cx + side * 0.55 * half_w
         draw.ellipse([x - cheek_r, cheek_y - cheek_r, x + cheek_r, cheek_y + cheek_r], fill=cheek_tone)
 
     # Eyes.
     eye_y = cy - 0.12 * half_h - 0.05 * half_h * p.midface
-    eye_dx = half_w * (0.37 + 0.12 * p.eye_spacing)
-    eye_rx = 7.0 * s * (1 + 0.25 * p.eye_length)
-    eye_ry = 3.6 * s * (1 + 0.28 * p.eye_opening - 0.12 * p.eye_depth)
+    eye_dx = half_w * (0.37 + 0.12 * p.eye_spacing)  # >= 0.13 * half_w within PARAM_LIMIT
+    eye_rx = 7.0 * s * _scale(0.25 * p.eye_length)
+    eye_ry = 3.6 * s * _scale(0.28 * p.eye_opening, -0.12 * p.eye_depth)
     slant = 0.35 * p.eye_tilt
     for side in (-1, 1):
         ex, ey = cx + side * eye_dx, eye_y + tilt * side * eye_dx
@@ -346,7 +369,7 @@ def draw_face(params: FaceParams, *, size: int = 128, offset: tuple[float, float
         # the outer corner (away from the midline) goes up for upslanting fissures
         almond = _rotated_ellipse(ex, ey, eye_rx, eye_ry, side * slant, n=20)
         draw.polygon(almond, fill=SCLERA)
-        iris_r = min(eye_ry * 0.95, eye_rx * 0.6) * (1 + 0.25 * max(0.0, -p.eye_depth))
+        iris_r = min(eye_ry * 0.95, eye_rx * 0.6) * _scale(0.25 * max(0.0, -p.eye_depth))
         draw.ellipse([ex - iris_r, ey - iris_r, ex + iris_r, ey + iris_r], fill=IRIS)
         if p.ptosis > 0:  # upper lid droops over the eye
             lid = ey - eye_ry * (1.0 - 0.55 * min(1.5, p.ptosis))
@@ -368,29 +391,29 @@ def draw_face(params: FaceParams, *, size: int = 128, offset: tuple[float, float
                       fill=brow_color, width=max(1, brow_w - 1))
 
     # Nose: bridge to tip.
-    tip_y = eye_y + half_h * (0.36 + 0.11 * p.nose_length)
-    nose_w = 5.5 * s * (1 + 0.4 * p.nose_width + 0.15 * max(0.0, p.coarseness))
+    tip_y = eye_y + half_h * (0.36 + 0.11 * p.nose_length)  # below the eyes within PARAM_LIMIT
+    nose_w = 5.5 * s * _scale(0.4 * p.nose_width, 0.15 * max(0.0, p.coarseness))
     bridge_top = eye_y + (2 - 5.0 * p.nasal_bridge) * s
     for side in (-1, 1):
         draw.line([(cx + side * 1.8 * s, bridge_top), (cx + side * nose_w * 0.8, tip_y - 2 * s)], fill=LINE, width=width)
-    tip_r = 2.4 * s * (1 + 0.7 * p.nose_tip)
+    tip_r = 2.4 * s * _scale(0.7 * p.nose_tip)
     draw.arc([cx - tip_r, tip_y - tip_r, cx + tip_r, tip_y + tip_r], 10, 170, fill=LINE, width=width)
-    nostril = 1.2 * s * (1 + 1.2 * max(0.0, p.nares))
+    nostril = 1.2 * s * _scale(1.2 * max(0.0, p.nares))
     for side in (-1, 1):
         nx = cx + side * nose_w * 0.6
         draw.ellipse([nx - nostril, tip_y - nostril * 0.6, nx + nostril, tip_y + nostril * 0.6],
                      fill=_mix(SKIN, LINE, 0.4 + 0.3 * max(0.0, p.nares)))
 
     # Philtrum: two ridges from the nose to the upper lip, faint when smooth.
-    lip_y = tip_y + 6.5 * s * (1 + 0.45 * p.philtrum_length)
+    lip_y = tip_y + 6.5 * s * _scale(0.45 * p.philtrum_length)
     ridge = _mix(LINE, SKIN, 0.45 + 0.4 * max(-1.0, min(1.0, p.philtrum_smooth)))
     for side in (-1, 1):
         draw.line([(cx + side * 1.5 * s, tip_y + tip_r), (cx + side * 2.0 * s, lip_y - 1)], fill=ridge, width=max(1, round(s)))
 
     # Mouth: upper and lower lip polygons; corners turn down, the mouth may stay open.
-    mouth_w = 11 * s * (1 + 0.35 * p.mouth_width)
-    upper = 2.2 * s * (1 + 0.55 * p.upper_lip)
-    lower = 2.8 * s * (1 + 0.55 * p.lower_lip)
+    mouth_w = 11 * s * _scale(0.35 * p.mouth_width)
+    upper = 2.2 * s * _scale(0.55 * p.upper_lip)
+    lower = 2.8 * s * _scale(0.55 * p.lower_lip)
     corner_y = lip_y + 3.5 * s * p.mouth_corners
     gap = 3.0 * s * max(0.0, p.mouth_open)
     left, right = cx - mouth_w, cx + mouth_w

@@ -19,12 +19,17 @@ _TEMPLATES = (
     "{subject} referred for {findings}.",
     "{subject}. Clinical findings: {findings}.",
 )
+#: Oldest age a note states: beyond it an age is a data error ("P99999999999999999999Y"), not a patient.
+MAX_AGE_YEARS = 130
 _ISO_DURATION = re.compile(r"^P(?:(\d+(?:\.\d+)?)Y)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?"
                            r"(?:T.*)?$")
 
 
 def parse_iso_age(text: str) -> float | None:
-    """Years from an ISO 8601 duration ("P6Y", "P2Y2M", "P5M", "P3W", "P10D"); ``None`` if unreadable."""
+    """Years from an ISO 8601 duration ("P6Y", "P2Y2M", "P5M", "P3W", "P10D"); ``None`` if unreadable.
+
+    The value is not capped (callers decide what an implausible age means: see :data:`MAX_AGE_YEARS`);
+    a duration too long for a float is ``inf``."""
     match = _ISO_DURATION.match(text.strip().upper()) if text else None
     if not match or not any(match.groups()):
         return None
@@ -61,6 +66,8 @@ def subject_phrase(sex: str | None, age_years: float | None) -> str:
     """'A 7-year-old girl', 'An 8-month-old boy', 'A 34-year-old woman', 'A female patient'."""
     sex = (sex or "").upper()
     female, male = sex == "FEMALE", sex == "MALE"
+    if age_years is not None and not 0 <= age_years <= MAX_AGE_YEARS:
+        age_years = None  # a data error: say nothing rather than something absurd
     if age_years is None:
         noun = "female patient" if female else "male patient" if male else "patient"
         return f"{_article(noun)} {noun}"

@@ -4,7 +4,14 @@ phenopacket-store (https://github.com/monarch-initiative/phenopacket-store) keep
 gene, ``GENE/phenopackets/*.json``; its releases ship every file in ``all_phenopackets.zip``. Both
 are read the same way: every ``*.json`` member, in sorted order, so the result does not depend on
 the file system. A file that cannot be used is skipped and counted, never fatal: one malformed
-file in a 7,000-file release must not stop a run.
+file in a 7,000-file release must not stop a run. The same goes for a corrupted zip member and for
+JSON nested too deeply to parse; the log names each skipped file (the first
+:data:`MAX_NAMED_SKIPS`) and its reason.
+
+Within a usable file, two things are dropped and counted rather than written into the notes: an
+HPO term without a label that this HPO release does not know (the notes would say "with
+HP:9999999"), and an age beyond :data:`~mint_rare_disease.notes.MAX_AGE_YEARS` (the case keeps no
+age rather than "a 100000000000000000000-year-old woman").
 """
 
 from __future__ import annotations
@@ -13,16 +20,19 @@ import json
 import os
 import urllib.request
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from rich.markup import escape
 
 from mint_core.io import atomic_path
 from mint_core.registry import MintError
 
 from mint_rare_disease.config import RELEASE_URL
-from mint_rare_disease.notes import parse_iso_age
+from mint_rare_disease.notes import MAX_AGE_YEARS, parse_iso_age
 
 
 @dataclass
@@ -37,6 +47,7 @@ class Phenopacket:
     sex: str | None = None
     age_years: float | None = None
     source: str = ""
+    age_text: str = ""  # the ISO 8601 duration as written, kept to explain a rejected age
 
 
 class Skip(Exception):
@@ -50,6 +61,11 @@ class Skip(Exception):
 MALFORMED = "malformed"
 DIAGNOSIS = "without exactly one diagnosis"
 NO_PHENOTYPES = "without observed phenotypes"
+#: How many skipped files the log names one by one; the rest are counted.
+MAX_NAMED_SKIPS = 10
+#: Errors reading one zip member: a bad CRC or header, a broken deflate stream, an unsupported
+#: compression method. The member is skipped, the rest of the archive is still read.
+ZIP_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, RuntimeError)
 
 
 def _ontology_class(value: Any, what: str) -> tuple[str, str]:
@@ -58,17 +74,18 @@ def _ontology_class(value: Any, what: str) -> tuple[str, str]:
     return value["id"].strip(), str(value.get("label") or "").strip()
 
 
-def _age_years(element: Any) -> float | None:
-    """Years from a TimeElement: ``age.iso8601duration`` or the start of an ``ageRange``."""
+def _age_text(element: Any) -> str:
+    """The ISO 8601 duration of a TimeElement: ``age.iso8601duration`` or the start of an ``ageRange``."""
     if not isinstance(element, dict):
-        return None
+        return ""
     age = element.get("age")
     if isinstance(age, dict) and isinstance(age.get("iso8601duration"), str):
-        return parse_iso_age(age["iso8601duration"])
+        return age["iso8601duration"]
     age_range = element.get("ageRange")
     if isinstance(age_range, dict):
-        return _age_years(age_range.get("start"))
-    return None
+        start = age_range.get("start")
+        return _age_text({"age": start} if isinstance(start, dict) and "iso8601duration" in start else start)
+    return ""
 
 
 def _diagnoses(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -127,54 +144,118 @@ def parse_phenopacket(data: Any, *, source: str = "") -> Phenopacket:
     if not observed:
         raise Skip(NO_PHENOTYPES, "no observed phenotypic feature")
     sex = subject.get("sex") if subject.get("sex") in ("FEMALE", "MALE") else None
-    age = _age_years(subject.get("timeAtLastEncounter"))
+    age_text = _age_text(subject.get("timeAtLastEncounter"))
+    age = parse_iso_age(age_text) if age_text else None
     disease_id, disease_label = diagnoses[0]
     return Phenopacket(id=packet_id.strip(), disease_id=disease_id, disease_label=disease_label, observed=observed,
-                       excluded=excluded, sex=sex, age_years=age, source=source)
+                       excluded=excluded, sex=sex, age_years=age, source=source, age_text=age_text)
 
 
-def _json_members(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every ``*.json`` file under a folder or inside a zip, sorted by name."""
+def _json_members(path: Path) -> Iterator[tuple[str, bytes | None, str]]:
+    """(name, bytes, "") of every ``*.json`` file under a folder or inside a zip, sorted by name;
+    (name, None, why) for one that cannot be read (a corrupted zip member, an unreadable file)."""
     if path.is_dir():
         for file in sorted(path.rglob("*.json")):
             if file.is_file() and not file.name.startswith("."):
-                yield str(file.relative_to(path)), file.read_bytes()
+                name = str(file.relative_to(path))
+                try:
+                    yield name, file.read_bytes(), ""
+                except OSError as exc:
+                    yield name, None, f"unreadable ({exc.strerror or exc})"
     elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise MintError(f"task.path={path}: not a readable zip archive ({exc})") from exc
+        with archive:
             names = sorted(n for n in archive.namelist()
                            if n.endswith(".json") and not n.startswith("__MACOSX/") and "/." not in f"/{n}")
             for name in names:
-                yield name, archive.read(name)
+                try:
+                    data = archive.read(name)
+                except ZIP_MEMBER_ERRORS as exc:
+                    yield name, None, f"corrupted zip member ({type(exc).__name__}: {exc})"
+                    continue
+                yield name, data, ""
     else:
         raise MintError(f"task.path={path}: expected a folder of phenopacket JSON files or a .zip of them "
                         f"(phenopacket-store's all_phenopackets.zip)")
 
 
-def read_phenopackets(path: str | Path) -> tuple[list[Phenopacket], Counter[str]]:
-    """Every usable phenopacket under ``path`` and a counter of skipped files by reason."""
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise Skip(MALFORMED, f"not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise Skip(MALFORMED, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise Skip(MALFORMED, "JSON nested too deeply to read") from None
+
+
+def _known_terms(packet: Phenopacket) -> list[str]:
+    """Drop, from ``packet``, terms with no label that HPO does not know; returns the dropped ids."""
+    from mint_rare_disease import hpo
+
+    dropped = []
+    for terms in (packet.observed, packet.excluded):
+        keep = [(term_id, label) for term_id, label in terms if label or hpo.term(term_id) is not None]
+        dropped += [term_id for term_id, label in terms if (term_id, label) not in keep]
+        terms[:] = keep
+    return dropped
+
+
+def read_phenopackets(path: str | Path, *, log: Callable[[str], None] | None = None
+                      ) -> tuple[list[Phenopacket], Counter[str]]:
+    """Every usable phenopacket under ``path`` and a counter of skipped files by reason.
+
+    ``log`` receives one line per skipped file (the first :data:`MAX_NAMED_SKIPS`, naming it and
+    why) and a line counting dropped terms and ages (see the module docstring).
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise MintError(f"task.path={path} does not exist: pass a folder of phenopacket JSON files or "
                         f"phenopacket-store's all_phenopackets.zip")
+    say = log or (lambda message: None)
     packets: list[Phenopacket] = []
     skipped: Counter[str] = Counter()
     seen: Counter[str] = Counter()
-    for name, raw in _json_members(path):
+    dropped_terms: list[tuple[str, str]] = []  # (file, HPO id)
+    dropped_ages: list[tuple[str, str]] = []  # (file, duration)
+    for name, raw, unreadable in _json_members(path):
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            skipped[MALFORMED] += 1
-            continue
-        try:
-            packet = parse_phenopacket(data, source=name)
+            if raw is None:
+                raise Skip(MALFORMED, unreadable)
+            packet = parse_phenopacket(_decode(raw), source=name)
+            dropped_terms += [(name, term_id) for term_id in _known_terms(packet)]
+            if not packet.observed:
+                raise Skip(NO_PHENOTYPES, "no observed phenotypic feature HPO knows")
         except Skip as skip:
             skipped[skip.reason] += 1
+            total = sum(skipped.values())
+            if total <= MAX_NAMED_SKIPS:
+                where = path / name if path.is_dir() else f"{path}:{name}"
+                say(f"[yellow]rare-disease: skipped {escape(str(where))}: {skip.reason} ({escape(str(skip))})[/yellow]")
+            elif total == MAX_NAMED_SKIPS + 1:
+                say("[yellow]rare-disease: more files skipped; the totals follow[/yellow]")
             continue
+        if packet.age_years is not None and not packet.age_years <= MAX_AGE_YEARS:
+            dropped_ages.append((name, packet.age_text))
+            packet.age_years = None
         # Ids are meant to be unique; keep duplicates apart rather than overwrite a case.
         seen[packet.id] += 1
         if seen[packet.id] > 1:
             packet.id = f"{packet.id}__{seen[packet.id]}"
         packets.append(packet)
+    if dropped_terms:
+        file, term_id = dropped_terms[0]
+        say(f"[yellow]rare-disease: dropped {len(dropped_terms)} HPO term(s) without a label that this HPO "
+            f"release does not know, from {len({f for f, _ in dropped_terms})} file(s); first: {escape(term_id)} in "
+            f"{escape(file)}[/yellow]")
+    if dropped_ages:
+        file, text = dropped_ages[0]
+        say(f"[yellow]rare-disease: ignored {len(dropped_ages)} age(s) over {MAX_AGE_YEARS} years (the case "
+            f"keeps no age); first: {escape(repr(text))} in {escape(file)}[/yellow]")
     return packets, skipped
 
 

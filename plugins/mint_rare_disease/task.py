@@ -9,7 +9,6 @@ carries information the student can only get from the teacher.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +16,7 @@ from typing import Any, ClassVar
 from mint_core.answers import HEADER
 from mint_core.components import Task
 from mint_core.context import RunContext
+from mint_core.io import safe_file_name
 from mint_core.registry import MintError
 from mint_core.types import Case, Label, LabelSpace, Modality, Prompt, TaskData, normalize_name
 
@@ -47,7 +47,7 @@ def _gene(source_file: str) -> str | None:
 
 
 def _safe_name(case_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", case_id).strip("._") or "case"
+    return safe_file_name(case_id, default="case")  # long ids are cut and hashed: no "File name too long"
 
 
 class RareDiseaseTask(Task):
@@ -161,7 +161,7 @@ class RareDiseaseTask(Task):
 
         c = self.config
         path = Path(c.path).expanduser() if c.path else download_release(c.download_url, log=ctx.log)
-        packets, skipped = read_phenopackets(path)
+        packets, skipped = read_phenopackets(path, log=ctx.log)
         total = sum(skipped.values())
         if total:
             extra = f", {skipped[NO_PHENOTYPES]} {NO_PHENOTYPES}" if skipped[NO_PHENOTYPES] else ""

@@ -8,16 +8,16 @@ CMYK TIFFs, float arrays), or, for an image folder with ``copy=False``, referenc
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image
+from rich.markup import escape
 
-from mint_core.io import atomic_path
+from mint_core.io import atomic_path, safe_file_name
 from mint_core.registry import MintError
 from mint_core.types import Case, Label
 from mint_tissue.labels import label_for_class
@@ -34,10 +34,11 @@ class LoadStats:
     kept: int = 0
     skipped: list[str] = field(default_factory=list)
     ignored: int = 0  # files without an image suffix (README, Thumbs.db)
+    empty_folders: list[str] = field(default_factory=list)  # class folders without one image
 
     def to_dict(self) -> dict[str, object]:
         return {"kept": self.kept, "skipped": len(self.skipped), "skipped_files": self.skipped[:50],
-                "ignored_non_images": self.ignored}
+                "ignored_non_images": self.ignored, "empty_class_folders": self.empty_folders}
 
 
 def save_png(image: Image.Image, target: Path, resize: int = 0) -> None:
@@ -50,7 +51,17 @@ def save_png(image: Image.Image, target: Path, resize: int = 0) -> None:
 
 
 def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "tile"
+    return safe_file_name(text, default="tile")
+
+
+def _tile_names(images: list[Path], class_dir: Path) -> dict[Path, str]:
+    """A case name per image, unique within its class folder: the path without its suffix
+    (``sub/img001``), or with it when two images share a stem (``dup.png`` and ``dup.jpg`` become
+    ``dup_png`` and ``dup_jpg``, two cases with two stored tiles, not one id for both)."""
+    stems = [_safe_name(str(p.relative_to(class_dir).with_suffix(""))) for p in images]
+    clashes = {stem for stem, n in Counter(stems).items() if n > 1}
+    return {p: (_safe_name(str(p.relative_to(class_dir)).replace(".", "_")) if stem in clashes else stem)
+            for p, stem in zip(images, stems)}
 
 
 def _subsample(items: list, limit: int, seed: int, salt: int) -> list:
@@ -73,22 +84,29 @@ def load_imagefolder(root: Path, *, run_dir: Path, images_dir: Path, copy: bool 
     stats = LoadStats()
     labels: dict[str, Label] = {}
     cases: list[Case] = []
+    seen_ids: set[str] = set()
     for salt, class_dir in enumerate(class_dirs):
         label = label_for_class(class_dir.name)
         if label.id in labels:
-            log(f"[yellow]tissue: folder {class_dir.name!r} maps to the same label as another folder "
+            log(f"[yellow]tissue: folder {escape(repr(class_dir.name))} maps to the same label as another folder "
                 f"({label.id!r}); merging them[/yellow]")
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         stats.ignored += len(files) - len(images)
+        if not images:
+            stats.empty_folders.append(class_dir.name)
+            continue
+        names = _tile_names(images, class_dir)
         for path in _subsample(images, max_per_class, seed, salt):
-            rel = path.relative_to(class_dir)
-            case_id = f"{label.id}/{_safe_name(str(rel.with_suffix('')))}"
+            case_id = f"{label.id}/{names[path]}"
+            if case_id in seen_ids:  # two folders merged into one label, with the same file name
+                case_id = f"{label.id}/{_safe_name(class_dir.name)}_{names[path]}"
+            seen_ids.add(case_id)
             try:
                 with Image.open(path) as image:
                     image.load()  # decode fully: a truncated file fails here, not in the teacher
                     if copy:
-                        target = images_dir / label.id / f"{_safe_name(str(rel.with_suffix('')))}.png"
+                        target = images_dir / f"{case_id}.png"
                         save_png(image, target, resize)
                         stored = str(target.relative_to(run_dir))
                     else:
@@ -100,9 +118,12 @@ def load_imagefolder(root: Path, *, run_dir: Path, images_dir: Path, copy: bool 
             cases.append(Case(id=case_id, label_ids=(label.id,), image=stored,
                               meta={"source": "imagefolder", "file": str(path), "class_folder": class_dir.name}))
             stats.kept += 1
+    if stats.empty_folders:
+        log(f"[yellow]tissue: {len(stats.empty_folders)} class folder(s) under {escape(str(root))} hold no image "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}) and give no class: {escape(', '.join(stats.empty_folders))}[/yellow]")
     if stats.skipped:
-        log(f"[yellow]tissue: skipped {len(stats.skipped)} unreadable image(s) under {root}; first: "
-            f"{stats.skipped[0]}[/yellow]")
+        log(f"[yellow]tissue: skipped {len(stats.skipped)} unreadable image(s) under {escape(str(root))}; first: "
+            f"{escape(stats.skipped[0])}[/yellow]")
     return list(labels.values()), cases, stats
 
 
@@ -178,5 +199,5 @@ def load_pannuke(root: Path, *, run_dir: Path, images_dir: Path, allow_pickle: b
                 stats.kept += 1
     if stats.skipped:
         log(f"[yellow]tissue: skipped {len(stats.skipped)} unreadable PanNuke tile(s); first: "
-            f"{stats.skipped[0]}[/yellow]")
+            f"{escape(stats.skipped[0])}[/yellow]")
     return list(labels.values()), cases, stats
