@@ -152,3 +152,22 @@ def test_training_with_cache_matches_without(tiny_dir, tmp_path, optimizer):
     assert w_on.keys() == w_off.keys() and all(".layers.2." in k for k in w_on)
     for key in w_off:
         torch.testing.assert_close(w_on[key], w_off[key], atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_auto_reads_cpu_flags(tmp_path, monkeypatch):
+    from mint_orpo import common
+
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile avx512f\n\nprocessor\t: 1\n")
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert common.cpu_bf16_flags(amx) == ["amx_bf16"]
+    assert common.cpu_bf16_flags(avx2) == [] and common.cpu_bf16_flags(tmp_path / "missing") == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for path, expected in ((amx, True), (avx2, False)):
+        real = common.cpu_bf16_flags
+        monkeypatch.setattr(common, "cpu_bf16_flags", lambda p=path, real=real: real(p))
+        assert common.use_bf16("auto") is expected
+    assert common.use_bf16("false") is False and common.use_bf16("true") is True
+    with pytest.raises(ValueError, match="optimizer.bf16"):
+        common.use_bf16("sometimes")

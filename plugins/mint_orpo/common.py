@@ -57,8 +57,9 @@ class TrainingOptions:
         "help": "Checkpoint every N optimizer steps under <output>/checkpoints; a killed run resumes from the last."})
     logging_steps: int = field(default=1, metadata={"help": "Log metrics (metrics.jsonl) every N steps."})
     bf16: str = field(default="auto", metadata={
-        "help": "bfloat16 autocast: auto (on a GPU that supports it; never on CPU), true, false. On CPU 'true' "
-                "uses AMX/AVX512-BF16 where present; parity tests stay fp32."})
+        "help": "bfloat16 autocast: auto (on a GPU that supports it, or a CPU with AMX or AVX512-BF16, read from "
+                "/proc/cpuinfo; fp32 elsewhere, where CPU bf16 is emulated and slower), true, false. Parity tests "
+                "stay fp32."})
     impl: str = field(default="mint", metadata={
         "help": "mint: MINT's own trainer; trl: the TRL reference trainer (text students only)."})
     init_adapter: str = field(default="", metadata={
@@ -76,8 +77,31 @@ def resolve_seed(options: TrainingOptions, ctx: RunContext) -> int:
     return int(options.seed) if options.seed is not None else int(ctx.seed)
 
 
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The bf16 matmul features this CPU reports (``amx_bf16``, ``avx512_bf16``); empty where it has none.
+
+    Without them bf16 on CPU is emulated and slower than fp32, so ``bf16=auto`` stays fp32 there.
+    """
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return [flag for flag in CPU_BF16_FLAGS if flag in flags]
+
+
 def use_bf16(value: str | bool) -> bool:
-    """``bf16`` option -> whether to train with bf16 autocast (``auto``: a bf16-capable CUDA GPU only)."""
+    """``bf16`` option -> whether to train with bf16 autocast.
+
+    ``auto``: on a bf16-capable CUDA GPU, or on a CPU run where the CPU has AMX or AVX512-BF16
+    (:func:`cpu_bf16_flags`); fp32 elsewhere.
+    """
     text = str(value).strip().lower()
     if text in {"true", "1", "yes", "on"}:
         return True
@@ -87,7 +111,9 @@ def use_bf16(value: str | bool) -> bool:
         raise ValueError(f"optimizer.bf16={value!r}: use auto, true or false")
     import torch
 
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(cpu_bf16_flags())
 
 
 def resolve_init_adapter(value: str) -> Path | None:
