@@ -24,6 +24,10 @@ class LlamaTextConfig:
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch while training."})
     lora_target_modules: str = field(default="all-linear", metadata={
         "help": "Modules LoRA adapts: 'all-linear' or a comma-separated list (q_proj,v_proj)."})
+    lora_layers: int = field(default=0, metadata={
+        "help": "Put LoRA on the top N decoder layers only (0 = all). The frozen layers below then never change, "
+                "so MINT's packed trainers can compute their output once and reuse it every epoch "
+                "(optimizer.cache_frozen); fewer layers also means less backward work."})
     load_in_4bit: bool = field(default=False, metadata={
         "help": "QLoRA: load the base model in 4-bit NF4 (needs CUDA and bitsandbytes)."})
     dtype: str = field(default="auto", metadata={

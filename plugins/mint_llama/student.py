@@ -112,7 +112,8 @@ class LlamaTextModel(StudentModel):
 
     def lora_config(self):
         """The peft ``LoraConfig`` from the student config (TRL trainers take it as ``peft_config``)."""
-        return lora_config(self.config)
+        return lora_config(self.config, model=self.model.get_base_model() if hasattr(self.model, "get_base_model")
+                           else self.model)
 
     @contextmanager
     def _inference(self) -> Iterator[None]:
@@ -323,14 +324,36 @@ class LlamaTextModel(StudentModel):
         return directory
 
 
-def lora_config(config: LlamaTextConfig):
+def lora_layer_indices(lora_layers: int, num_layers: int) -> list[int] | None:
+    """The decoder layers LoRA adapts for ``student.lora_layers`` (the top N), or ``None`` for all."""
+    n = int(lora_layers or 0)
+    if n < 0:
+        raise MintError(f"student.lora_layers={lora_layers}: give the number of top decoder layers to adapt "
+                        "(0 = all)")
+    if n == 0 or n >= num_layers:
+        return None
+    return list(range(num_layers - n, num_layers))
+
+
+def lora_config(config: LlamaTextConfig, *, model: Any = None):
+    """The peft ``LoraConfig`` of ``config``; ``model`` (the bare causal LM) places ``lora_layers``."""
     from peft import LoraConfig
 
     targets = config.lora_target_modules.strip()
     target_modules: str | list[str] = (targets if targets == "all-linear"
                                        else [t.strip() for t in targets.split(",") if t.strip()])
+    layers = None
+    if getattr(config, "lora_layers", 0):
+        if model is None:
+            raise MintError("student.lora_layers needs the model (its number of decoder layers)")
+        layers = lora_layer_indices(config.lora_layers, int(model.config.num_hidden_layers))
+    if layers is not None and target_modules == "all-linear":
+        # peft takes layers_to_transform only with a list of names: every linear inside the decoder layers.
+        target_modules = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                                 if ".layers." in name and isinstance(module, torch.nn.Linear)})
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=target_modules, bias="none", task_type="CAUSAL_LM")
+                      target_modules=target_modules, bias="none", task_type="CAUSAL_LM",
+                      layers_to_transform=layers, layers_pattern="layers" if layers is not None else None)
 
 
 class LlamaTextStudent(Student):
@@ -394,4 +417,4 @@ class LlamaTextStudent(Student):
         if self.config.load_in_4bit:
             model = prepare_model_for_kbit_training(model)
         torch.manual_seed(ctx.seed)  # LoRA A matrices start random: same seed, same start
-        return get_peft_model(model, lora_config(self.config))
+        return get_peft_model(model, lora_config(self.config, model=model))

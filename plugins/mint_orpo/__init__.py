@@ -3,7 +3,9 @@
 Registers the optimizer ``orpo``. The loss is TRL's ``ORPOTrainer`` loss (same definitions), but
 each pair's prompt is run once: ``[prompt, chosen, rejected]`` in one sequence whose attention mask
 keeps the two answers apart, and the vocabulary projection runs only where a log-probability is
-needed. ``optimizer.impl=trl`` runs TRL's own trainer instead. Heavy code lives in
+needed. With LoRA on the top layers only (``student.lora_layers``) the frozen bottom's hidden states
+are computed once per pair and reused every epoch (``optimizer.cache_frozen``, see
+:mod:`mint_orpo.frozen_cache`). ``optimizer.impl=trl`` runs TRL's own trainer instead. Heavy code lives in
 :mod:`mint_orpo.trainer`; shared trainer pieces (options, callbacks, curves) in :mod:`mint_orpo.common`.
 """
 

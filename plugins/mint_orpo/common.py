@@ -8,6 +8,7 @@ Imported by ``mint_orpo`` and by ``mint_trl`` (DPO, KTO, SFT), so the signatures
 - :func:`plot_training_curve`: ``metrics.jsonl`` -> ``training_curve.png`` (matplotlib Agg).
 - :func:`find_last_checkpoint`: the newest complete ``checkpoint-N`` folder, for resuming.
 - :func:`atomic_save_adapter`: ``save_pretrained`` into a temporary folder, then rename into place.
+- :func:`find_init_adapter`: the ``init_adapter`` option -> the adapter folder training starts from.
 - :func:`training_arguments_kwargs`: the ``TrainingArguments`` keywords these options map to.
 
 This module is light at import time: torch, transformers and matplotlib load inside functions, and
@@ -57,12 +58,18 @@ class TrainingOptions:
         "min": 1})
     logging_steps: int = field(default=1, metadata={"help": "Log metrics (metrics.jsonl) every N steps.", "min": 1})
     bf16: str = field(default="auto", metadata={
-        "help": "bfloat16 autocast: auto (on a GPU that supports it; never on CPU), true, false. On CPU 'true' "
-                "uses AMX/AVX512-BF16 where present; parity tests stay fp32."})
+        "help": "bfloat16 autocast: auto (on a GPU that supports it, or a CPU with AMX or AVX512-BF16, read from "
+                "/proc/cpuinfo; fp32 elsewhere, where CPU bf16 is emulated and slower), true, false. Parity tests "
+                "stay fp32."})
     impl: str = field(default="mint", metadata={
         "help": "mint: MINT's own trainer; trl: the TRL reference trainer (text students only)."})
     init_adapter: str = field(default="", metadata={
         "help": "Start from this adapter: a peft adapter folder or a run/student folder holding adapter/."})
+    cache_frozen: str = field(default="auto", metadata={
+        "help": "MINT's packed trainers (orpo; dpo with impl=mint): compute the frozen bottom layers' hidden states "
+                "(those below student.lora_layers) once per pair and reuse them every epoch. auto: whenever exact "
+                "(packed text pairs, dropout off, a frozen bottom); true (error if not possible); false. Costs "
+                "tokens x hidden x 4 bytes of memory (~136 MB for the demo's 160 pairs)."})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute activations in backward: less memory, ~30% slower."})
 
@@ -71,8 +78,31 @@ def resolve_seed(options: TrainingOptions, ctx: RunContext) -> int:
     return int(options.seed) if options.seed is not None else int(ctx.seed)
 
 
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The bf16 matmul features this CPU reports (``amx_bf16``, ``avx512_bf16``); empty where it has none.
+
+    Without them bf16 on CPU is emulated and slower than fp32, so ``bf16=auto`` stays fp32 there.
+    """
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return [flag for flag in CPU_BF16_FLAGS if flag in flags]
+
+
 def use_bf16(value: str | bool) -> bool:
-    """``bf16`` option -> whether to train with bf16 autocast (``auto``: a bf16-capable CUDA GPU only)."""
+    """``bf16`` option -> whether to train with bf16 autocast.
+
+    ``auto``: on a bf16-capable CUDA GPU, or on a CPU run where the CPU has AMX or AVX512-BF16
+    (:func:`cpu_bf16_flags`); fp32 elsewhere.
+    """
     text = str(value).strip().lower()
     if text in {"true", "1", "yes", "on"}:
         return True
@@ -82,7 +112,9 @@ def use_bf16(value: str | bool) -> bool:
         raise ValueError(f"optimizer.bf16={value!r}: use auto, true or false")
     import torch
 
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(cpu_bf16_flags())
 
 
 def resolve_init_adapter(value: str) -> Path | None:
@@ -95,6 +127,20 @@ def resolve_init_adapter(value: str) -> Path | None:
             return candidate
     raise FileNotFoundError(f"optimizer.init_adapter={value!r}: no adapter_config.json in {path} or {path}/adapter; "
                             "give a peft adapter folder or a folder holding adapter/")
+
+
+def find_init_adapter(value: str, *, output_dir: Path) -> Path | None:
+    """``init_adapter`` -> adapter folder. A run folder means its ``students/sft/adapter`` when present."""
+    if not value:
+        return None
+    run_sft = Path(value).expanduser() / "students" / "sft" / "adapter"
+    found = run_sft if (run_sft / "adapter_config.json").is_file() else resolve_init_adapter(value)
+    if found is not None and found.resolve() == (output_dir / "adapter").resolve():
+        from mint_core.registry import MintError
+
+        raise MintError(f"optimizer.init_adapter={value!r} is this optimizer's own output adapter ({found}); "
+                        "point it at another run's adapter (e.g. the SFT baseline's)")
+    return found
 
 
 def training_arguments_kwargs(options: TrainingOptions, *, output_dir: Path, seed: int) -> dict[str, Any]:

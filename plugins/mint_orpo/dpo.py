@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 import torch.nn.functional as F
 
+from mint_orpo.common import find_init_adapter
 from mint_orpo.optimizer import OrpoOptimizer
 
 if TYPE_CHECKING:
@@ -93,8 +94,6 @@ class PackedDpoOptimizer(OrpoOptimizer):
         return _trainer_class()
 
     def find_init_adapter(self, output_dir: Path) -> Path | None:
-        from mint_trl.optimizer import find_init_adapter
-
         return find_init_adapter(self.config.init_adapter, output_dir=output_dir)
 
     def prepare_model(self, sm: StudentModel, *, init_adapter: Path | None, ctx: RunContext) -> None:

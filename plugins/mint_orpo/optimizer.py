@@ -168,6 +168,7 @@ def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[st
                        trainer_cls: type | None = None, trainer_kwargs: dict[str, Any] | None = None) -> Any:
     from transformers import TrainingArguments
 
+    from mint_orpo.frozen_cache import build_for_training, cache_plan
     from mint_orpo.packing import attention_weight
     from mint_orpo.trainer import OrpoTrainer, PairCollator, choose_packing, choose_padding_free
 
@@ -187,9 +188,18 @@ def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[st
     if pad_id is None:
         tok = getattr(sm.processor, "tokenizer", sm.processor)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    frozen_cache = None
+    depth, cache_reason = cache_plan(model, getattr(cfg, "cache_frozen", "false"), packed=packed, features=features,
+                                     disable_dropout=bool(getattr(cfg, "disable_dropout", True)))
+    if depth:
+        frozen_cache = build_for_training(model, features, depth=depth, mask_kind=mask_kind, pad_id=int(pad_id),
+                                          log=ctx.log if ctx is not None else None)
+        features = [{**f, "feature_index": i} for i, f in enumerate(features)]
+    elif ctx is not None and str(getattr(cfg, "cache_frozen", "false")).lower() != "false":
+        ctx.log(f"frozen-bottom cache off: {cache_reason}")
     args = TrainingArguments(**args_kwargs)
     trainer_cls = trainer_cls or OrpoTrainer
-    return trainer_cls(model=model, args=args, train_dataset=features,
+    return trainer_cls(model=model, args=args, train_dataset=features, frozen_cache=frozen_cache,
                        data_collator=PairCollator(pad_id=int(pad_id), packed=packed, nll_on_prompt=nll_on_prompt,
                                                  padding_free=padding_free, attention_weight=attention_weight(model)),
                        callbacks=list(callbacks), beta=cfg.beta, mask_kind=mask_kind, **(trainer_kwargs or {}))

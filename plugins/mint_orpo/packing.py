@@ -309,7 +309,7 @@ def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype 
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "n_chosen", "n_rejected", "n_nll", "segment_ids",
-               "pair_ids", "logits_to_keep")
+               "pair_ids", "logits_to_keep", "feature_index")
 
 
 def mask_kind_for(model: Any) -> str | None:
@@ -391,10 +391,13 @@ def pair_statistics(logits: torch.Tensor, batch: dict[str, Any], n_pairs: int) -
             "chosen_logps_sum": chosen_sum, "rejected_logps_sum": rejected_sum}
 
 
-def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = None) -> dict[str, torch.Tensor]:
+def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = None,
+                  frozen_cache: Any = None) -> dict[str, torch.Tensor]:
     """Run ``model`` on a collated batch (either layout) and return :func:`pair_statistics`.
 
     The packed layout (``segment_ids`` present) needs ``mask_kind`` (see :func:`mask_kind_for`).
+    ``frozen_cache`` (a :class:`mint_orpo.frozen_cache.FrozenBottomCache`; packed batches carrying
+    ``feature_index``) replaces the frozen bottom layers' forward by the cached states.
     """
     n_pairs = int(batch["n_chosen"].shape[0])
     kwargs = {k: v for k, v in batch.items() if k not in GATHER_KEYS}
@@ -406,7 +409,12 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
         dtype = _compute_dtype(model)
         kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype,
                                                    pair_ids=batch.get("pair_ids"))
-    outputs = model(**kwargs, logits_to_keep=batch["logits_to_keep"], use_cache=False)
+    kwargs.update(logits_to_keep=batch["logits_to_keep"], use_cache=False)
+    if frozen_cache is not None:
+        outputs = frozen_cache.forward(model, kwargs, segment_ids=batch["segment_ids"],
+                                       feature_index=batch["feature_index"], dtype=_param_dtype(model))
+    else:
+        outputs = model(**kwargs)
     return pair_statistics(outputs.logits, batch, n_pairs)
 
 

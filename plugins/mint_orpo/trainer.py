@@ -41,7 +41,10 @@ class PairCollator:
         if padding_free is None:
             costs = layout_costs(features, packed=self.packed, attention_weight=self.attention_weight)
             padding_free = costs["padding_free"] < costs["padded"]
-        return collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt, padding_free=padding_free)
+        out = collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt, padding_free=padding_free)
+        if all("feature_index" in f for f in features):  # which cached pairs (frozen-bottom cache) these are
+            out["feature_index"] = torch.tensor([int(f["feature_index"]) for f in features], dtype=torch.long)
+        return out
 
 
 def choose_packing(model: Any, packing: str, features: Sequence[dict[str, Any]]) -> tuple[bool, str | None, str]:
@@ -94,10 +97,13 @@ class OrpoTrainer(Trainer):
     # compute_loss returns the per-micro-batch mean; the Trainer divides by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, beta: float = 0.1, mask_kind: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, beta: float = 0.1, mask_kind: str | None = None, frozen_cache: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.beta = float(beta)
         self.mask_kind = mask_kind
+        #: :class:`mint_orpo.frozen_cache.FrozenBottomCache` or None; used for batches carrying ``feature_index``.
+        self.frozen_cache = frozen_cache
         self._stored: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -114,7 +120,8 @@ class OrpoTrainer(Trainer):
 
         Objectives with a reference model (DPO) extend them with the reference's statistics.
         """
-        return forward_pairs(model, inputs, mask_kind=self.mask_kind)
+        cache = self.frozen_cache if "feature_index" in inputs else None
+        return forward_pairs(model, inputs, mask_kind=self.mask_kind, frozen_cache=cache)
 
     def pair_loss(self, stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of a batch from its pair statistics (``chosen_logps`` and ``rejected_logps``: mean

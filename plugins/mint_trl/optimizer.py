@@ -30,7 +30,7 @@ from mint_core.registry import MintError
 from mint_core.types import PreferenceExample
 from mint_orpo.common import (
     MetricsLoggerCallback, ProgressCallback, atomic_save_adapter, plot_training_curve, remove_printer_callbacks,
-    resolve_init_adapter, resolve_seed, train_with_resume, training_arguments_kwargs,
+    find_init_adapter, resolve_seed, train_with_resume, training_arguments_kwargs,
 )
 from mint_orpo.optimizer import summarize
 from mint_trl import DpoConfig, KtoConfig, SftConfig
@@ -38,18 +38,6 @@ from mint_trl.data import Method, as_rows, to_dataset, tokenized_rows, vision_ro
 
 if TYPE_CHECKING:
     from mint_core.context import RunContext
-
-
-def find_init_adapter(value: str, *, output_dir: Path) -> Path | None:
-    """``init_adapter`` -> adapter folder. A run folder means its ``students/sft/adapter`` when present."""
-    if not value:
-        return None
-    run_sft = Path(value).expanduser() / "students" / "sft" / "adapter"
-    found = run_sft if (run_sft / "adapter_config.json").is_file() else resolve_init_adapter(value)
-    if found is not None and found.resolve() == (output_dir / "adapter").resolve():
-        raise MintError(f"optimizer.init_adapter={value!r} is this optimizer's own output adapter ({found}); "
-                        "point it at another run's adapter (e.g. the SFT baseline's)")
-    return found
 
 
 class TrlOptimizer(Optimizer):
