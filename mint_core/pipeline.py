@@ -62,8 +62,21 @@ def seed_everything(seed: int) -> None:
 
 
 def fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str)
+    blob = json.dumps(_canonical(parts), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    """``1`` and ``1.0`` are one option value: a float option whose default is written as an int
+    (``epochs: float = 1``) comes back as ``1.0`` from the saved config.yaml, and the resumed run
+    must not take that for a changed option (it would discard the killed run's checkpoints)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    return value
 
 
 @dataclass

@@ -140,6 +140,63 @@ def test_packed_dpo_matches_trl(text_env, trained, init):
         for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
             assert mint_row[key] == pytest.approx(trl_row[key], abs=1e-4), (key, mint_row["step"])
 
+def _perturbed_first_step(monkeypatch, student, examples, ctx, out: Path, impl: str) -> dict:
+    """Train one DPO step with ``impl`` from a LoRA adapter set to fixed random values (so the policy
+    differs from its reference, the adapter-disabled base), capturing the loss and every LoRA
+    gradient right after backward (before clipping, which would hide a gradient wrong in size)."""
+    import zlib
+
+    import transformers
+
+    captured: dict = {}
+    real_step = transformers.Trainer.training_step
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        peft_model = self.accelerator.unwrap_model(model)
+        lora = {n: p for n, p in peft_model.named_parameters() if "lora_" in n and ".default." in n}
+        if not captured:
+            with torch.no_grad():
+                for name, parameter in lora.items():
+                    generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+                    parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+        loss = real_step(self, model, inputs, *args, **kwargs)
+        if not captured:
+            captured["loss"] = float(loss)
+            captured["grads"] = {n: p.grad.detach().clone() for n, p in lora.items()}
+        return loss
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", training_step)
+    torch.manual_seed(0)
+    OPTIMIZERS["dpo"](_config("dpo", impl=impl, max_steps=1, batch_size=len(examples))).train(
+        student=student, examples=examples, output_dir=out, ctx=ctx)
+    monkeypatch.setattr(transformers.Trainer, "training_step", real_step)
+    captured["row"] = next(r for r in _rows(out / "metrics.jsonl") if "loss" in r)
+    return captured
+
+
+def _assert_same_dpo_step(mint: dict, trl: dict) -> None:
+    assert abs(trl["row"]["rewards/margins"]) > 1e-2  # the policy is not its reference
+    assert mint["loss"] == pytest.approx(trl["loss"], abs=1e-5, rel=1e-5)
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+        assert mint["row"][key] == pytest.approx(trl["row"][key], abs=1e-5, rel=1e-5), key
+    assert mint["grads"].keys() == trl["grads"].keys() and len(trl["grads"]) > 0
+    # Per tensor, the difference relative to the gradient's size (a 1% error in size is 1e-2 here);
+    # element-wise 1e-5 would fail on fp32 rounding alone (packed and padded rows sum in other orders).
+    errors = {name: ((mint["grads"][name] - grad).norm() / grad.norm()).item() for name, grad in trl["grads"].items()}
+    worst = max(errors, key=errors.get)
+    print(sorted(errors.values())[-3:], min(g.norm().item() for g in trl["grads"].values()))
+    assert errors[worst] < 1e-5, (worst, errors[worst])
+
+
+def test_packed_dpo_loss_and_gradients_match_trl_off_the_reference(text_env, monkeypatch):
+    """The loss and every LoRA gradient of MINT's packed DPO equal TRL's DPOTrainer's (fp32, 1e-5), on a
+    policy that differs from its reference: a gradient wrong only in size would show here."""
+    steps = {impl: _perturbed_first_step(monkeypatch, text_env["student"], _examples("dpo"), text_env["ctx"],
+                                         text_env["run_dir"] / "students" / f"dpo-grad-{impl}", impl)
+             for impl in ("trl", "mint")}
+    _assert_same_dpo_step(steps["mint"], steps["trl"])
+
+
 def test_dpo_from_sft_adapter(text_env, trained):
     """DPO with init_adapter=<run dir> starts from students/sft/adapter, which is also its reference."""
     run_dir, ctx, student = text_env["run_dir"], text_env["ctx"], text_env["student"]
@@ -344,6 +401,15 @@ def test_packed_dpo_matches_trl_on_mllama(vision_env):
     for mint_row, trl_row in zip(rows["mint"], rows["trl"]):
         for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
             assert mint_row[key] == pytest.approx(trl_row[key], abs=1e-4), (key, mint_row["step"])
+
+def test_packed_dpo_loss_and_gradients_match_trl_on_mllama_off_the_reference(vision_env, monkeypatch):
+    """Vision DPO: MINT's packed loss and LoRA gradients equal TRL's (with the Mllama collator repair)."""
+    steps = {impl: _perturbed_first_step(monkeypatch, vision_env["student"], vision_env["examples"]["dpo"],
+                                         vision_env["ctx"], vision_env["run_dir"] / "students" / f"dpo-grad-{impl}",
+                                         impl)
+             for impl in ("trl", "mint")}
+    _assert_same_dpo_step(steps["mint"], steps["trl"])
+
 
 @pytest.mark.parametrize("method", ["dpo", "kto", "sft"])
 def test_vision_methods_train_two_steps(vision_env, method):

@@ -209,6 +209,10 @@ def atomic_save_adapter(model: Any, directory: str | Path) -> Path:
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    # A save killed earlier left its temporary folder, or the old adapter set aside (a kill between
+    # the two renames): both are superseded by this save, and an adapter can weigh gigabytes.
+    for stale in [*directory.parent.glob(f".{directory.name}.*.tmp"), *directory.parent.glob(f".{directory.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
@@ -304,11 +308,13 @@ class _MetricsLoggerImpl:
 
     def on_train_begin(self, args, state, control, **kwargs):
         # Resuming from checkpoint-N: rows logged after step N by the killed run will be logged
-        # again, so drop them now to keep one row per step.
+        # again, so drop them now to keep one row per step. A kill mid-append leaves a cut-off last
+        # line: rewriting drops it too, so the next row starts on a line of its own.
         if self.path.exists():
+            text = self.path.read_text(encoding="utf-8")
             rows = read_metrics(self.path)
             kept = [row for row in rows if row.get("step", 0) <= state.global_step]
-            if len(kept) != len(rows):
+            if len(kept) != len([line for line in text.splitlines() if line.strip()]) or not text.endswith("\n"):
                 from mint_core.io import write_jsonl
 
                 write_jsonl(self.path, kept)
