@@ -624,17 +624,18 @@ DAMAGED_ARTIFACTS = {
 ARTIFACT_NEEDLES = {"config.yaml": ("config.yaml",)}
 
 
-def _damaged(artifact: str, variant: str, damage) -> Bad:
+def _damaged(artifact: str, variant: str, damage, command: str = "prefs") -> Bad:
     def make(tmp: Path, run: Path) -> list[str]:
         target = tmp / "run"
         shutil.copytree(run, target)
         path = target / artifact
         data = damage if isinstance(damage, bytes) else damage(path.read_text(encoding="utf-8")).encode()
         path.write_bytes(data)
-        return ["prefs", "--run-dir", str(target)]
+        return [command, "--run-dir", str(target)]
 
     needles = ("max_steps",) if variant == "bad-value" else (artifact,)
-    return Bad(f"artifact-{artifact}-{variant}", make, "error", needles, extra={"needs_run": True})
+    suffix = "" if command == "prefs" else f"-{command}"
+    return Bad(f"artifact-{artifact}-{variant}{suffix}", make, "error", needles, extra={"needs_run": True})
 
 
 def _missing(artifact: str) -> Bad:
@@ -649,6 +650,10 @@ def artifact_cases() -> list[Bad]:
     cases = [_damaged(artifact, variant, damage) for artifact, variants in DAMAGED_ARTIFACTS.items()
              for variant, damage in variants]
     cases += [_missing("cases.jsonl"), _missing("rankings.jsonl")]
+    # teach and eval read stages.json too (eval before it loads any model)
+    cases += [_damaged("stages.json", variant, damage, command) for command in ("teach", "eval")
+              for variant, damage in DAMAGED_ARTIFACTS["stages.json"][:2]]
+    cases += [_damaged("rankings.jsonl", "cut-off", DAMAGED_ARTIFACTS["rankings.jsonl"][0][1], "eval")]
 
     def summary(tmp: Path, run: Path) -> list[str]:
         shutil.copytree(run, tmp / "run")
@@ -657,6 +662,10 @@ def artifact_cases() -> list[Bad]:
 
     cases.append(Bad("artifact-prefs_summary.json-a-list", summary, "error", ("prefs_summary.json",),
                      extra={"needs_run": True}))
+    # The file system says no (an OSError): a message naming the path, exit 1.
+    cases.append(Bad("artifact-run-dir-name-too-long",
+                     lambda tmp: teach_args(tmp, write_folder(tmp / "store", {}))[:2] + [str(tmp / ("R" * 300))]
+                     + teach_args(tmp, tmp / "store")[3:], "error", ("File name too long", "RRRR"), exit_code=1))
     return cases
 
 
