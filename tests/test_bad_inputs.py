@@ -608,12 +608,14 @@ def _set_key(key: str, value) -> Callable[[str], str]:
 DAMAGED_ARTIFACTS = {
     "stages.json": [("cut-off", lambda t: t[: len(t) // 2]), ("empty", b""), ("a-list", b"[]"), ("not-utf8", b"\xff\xfe"),
                     ("a-string", b'"done"')],
-    "rankings.jsonl": [("cut-off", lambda t: t[: len(t) - 25]), ("garbage-line", lambda t: t + "oops\n"),
-                       ("row-is-list", lambda t: t + "[1, 2]\n"), ("missing-case-id", _drop_key("case_id")),
-                       ("label-ids-a-string", _set_key("label_ids", "OMIM:154700")), ("not-utf8", b"\xff\n")],
-    "cases.jsonl": [("cut-off", lambda t: t[: len(t) - 40]), ("missing-id", _drop_key("id")),
-                    ("missing-label-ids", _drop_key("label_ids")), ("bad-split", _set_key("split", "holdout")),
-                    ("label-ids-a-number", _set_key("label_ids", 7)), ("nested-deep", lambda t: t + deep(50_000).decode())],
+    # name:line in the message: 6 rows; _drop_key edits row 2, _set_key row 3, appended lines are line 7
+    "rankings.jsonl": [("cut-off", lambda t: t[: len(t) - 25], 6), ("garbage-line", lambda t: t + "oops\n", 7),
+                       ("row-is-list", lambda t: t + "[1, 2]\n", 7), ("missing-case-id", _drop_key("case_id"), 2),
+                       ("label-ids-a-string", _set_key("label_ids", "OMIM:154700"), 3), ("not-utf8", b"\xff\n")],
+    "cases.jsonl": [("cut-off", lambda t: t[: len(t) - 40], 6), ("missing-id", _drop_key("id"), 2),
+                    ("missing-label-ids", _drop_key("label_ids"), 2), ("bad-split", _set_key("split", "holdout"), 3),
+                    ("label-ids-a-number", _set_key("label_ids", 7), 3),
+                    ("nested-deep", lambda t: t + deep(50_000).decode(), 7)],
     "labels.json": [("cut-off", lambda t: t[:20]), ("an-object", b'{"id": "OMIM:1"}'),
                     ("item-without-name", b'[{"id": "OMIM:154700"}]'), ("items-not-objects", b'["OMIM:154700"]')],
     "task.json": [("cut-off", lambda t: t[:10]), ("a-list", b"[]"), ("no-modality", b'{"info": {}}')],
@@ -624,7 +626,7 @@ DAMAGED_ARTIFACTS = {
 ARTIFACT_NEEDLES = {"config.yaml": ("config.yaml",)}
 
 
-def _damaged(artifact: str, variant: str, damage, command: str = "prefs") -> Bad:
+def _damaged(artifact: str, variant: str, damage, line_number: int | None = None, command: str = "prefs") -> Bad:
     def make(tmp: Path, run: Path) -> list[str]:
         target = tmp / "run"
         shutil.copytree(run, target)
@@ -633,7 +635,7 @@ def _damaged(artifact: str, variant: str, damage, command: str = "prefs") -> Bad
         path.write_bytes(data)
         return [command, "--run-dir", str(target)]
 
-    needles = ("max_steps",) if variant == "bad-value" else (artifact,)
+    needles = ("max_steps",) if variant == "bad-value" else (f"{artifact}:{line_number}" if line_number else artifact,)
     suffix = "" if command == "prefs" else f"-{command}"
     return Bad(f"artifact-{artifact}-{variant}{suffix}", make, "error", needles, extra={"needs_run": True})
 
@@ -647,13 +649,12 @@ def _missing(artifact: str) -> Bad:
 
 
 def artifact_cases() -> list[Bad]:
-    cases = [_damaged(artifact, variant, damage) for artifact, variants in DAMAGED_ARTIFACTS.items()
-             for variant, damage in variants]
+    cases = [_damaged(artifact, *variant) for artifact, variants in DAMAGED_ARTIFACTS.items() for variant in variants]
     cases += [_missing("cases.jsonl"), _missing("rankings.jsonl")]
     # teach and eval read stages.json too (eval before it loads any model)
-    cases += [_damaged("stages.json", variant, damage, command) for command in ("teach", "eval")
+    cases += [_damaged("stages.json", variant, damage, command=command) for command in ("teach", "eval")
               for variant, damage in DAMAGED_ARTIFACTS["stages.json"][:2]]
-    cases += [_damaged("rankings.jsonl", "cut-off", DAMAGED_ARTIFACTS["rankings.jsonl"][0][1], "eval")]
+    cases += [_damaged("rankings.jsonl", *DAMAGED_ARTIFACTS["rankings.jsonl"][0], command="eval")]
 
     def summary(tmp: Path, run: Path) -> list[str]:
         shutil.copytree(run, tmp / "run")
