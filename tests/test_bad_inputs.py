@@ -552,7 +552,7 @@ BAD_OVERRIDES = {
     "eval.max_cases=-1": "eval.max_cases", "eval.batch_size=0": "eval.batch_size",
     "eval.max_new_tokens=-10": "eval.max_new_tokens", "eval.fuzzy_threshold=2": "eval.fuzzy_threshold",
     "eval.fuzzy_threshold=0": "eval.fuzzy_threshold", "eval.ks=a,b": "eval.ks", "eval.ks=0": "eval.ks",
-    "eval.mode=guess": "eval.mode",
+    "eval.mode=guess": "eval.mode", "builder.k=0": "builder.k", "builder.q=-3": "builder.q",
     "optimizer.max_stepz=5": "max_steps", "optimiser.max_steps=5": "optimizer", "teacher.epochs.x=1": "one dot",
     "max_steps": "section.key=value", "teacher=gestlt": "gestalt", "student.nonsense=1": "student.nonsense",
 }
