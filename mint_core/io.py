@@ -49,12 +49,13 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def _decode(text: str, where: str) -> Any:
-    """``json.loads`` whose failures name ``where`` (a file, or ``file:line``)."""
+def _decode(text: str, where: str, *, one_line: bool = False) -> Any:
+    """``json.loads`` whose failures name ``where`` (a file, or ``file:line`` when ``one_line``)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise MintError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+        position = f"column {exc.colno}" if one_line else f"line {exc.lineno}, column {exc.colno}"
+        raise MintError(f"{where}: not valid JSON ({exc.msg}: {position})") from None
     except RecursionError:
         raise MintError(f"{where}: JSON nested too deeply to read") from None
 
@@ -108,7 +109,7 @@ def read_jsonl(path: str | Path, *, parse: Callable[[dict[str, Any]], T] | None 
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        row = _decode(line, where)
+        row = _decode(line, where, one_line=True)
         if not isinstance(row, dict):
             raise MintError(f"{where}: expected a JSON object, found a {_json_kind(type(row))}")
         if parse is not None:

@@ -149,23 +149,18 @@ SKIPPED_FILES = {
 }
 
 
-def _skip_in_folder(key: str) -> Bad:
+def _skipped_file(key: str, container: str) -> Bad:
+    """The good corpus plus one bad file, in a folder or in a zip; the log names the file."""
     data, reason = SKIPPED_FILES[key]
+    member = f"BAD/phenopackets/{key}.json"
 
     def make(tmp: Path) -> list[str]:
-        return teach_args(tmp, write_folder(tmp / "store", {f"BAD/phenopackets/{key}.json": data}))
+        path = write_folder(tmp / "store", {member: data}) if container == "folder" else \
+            write_zip(tmp / "all.zip", {member: data})
+        return teach_args(tmp, path)
 
-    return Bad(f"phenopackets-folder-{key}", make, "skip", (f"BAD/phenopackets/{key}.json", reason),
-               check=lambda tmp, r: _six_good_cases(tmp))
-
-
-def _skip_in_zip(key: str) -> Bad:
-    data, reason = SKIPPED_FILES[key]
-
-    def make(tmp: Path) -> list[str]:
-        return teach_args(tmp, write_zip(tmp / "all.zip", {f"BAD/phenopackets/{key}.json": data}))
-
-    return Bad(f"phenopackets-zip-{key}", make, "skip", (f"all.zip:0.1.25/BAD/phenopackets/{key}.json", reason),
+    where = member if container == "folder" else f"all.zip:0.1.25/{member}"
+    return Bad(f"phenopackets-{container}-{key}", make, "skip", (where, reason),
                check=lambda tmp, r: _six_good_cases(tmp))
 
 
@@ -183,7 +178,6 @@ def _damaged_zip(tmp: Path, how: str) -> Path:
     local = info.header_offset
     name_len, extra_len = struct.unpack("<HH", raw[local + 26:local + 30])
     start = local + 30 + name_len + extra_len
-    central = raw.find(b"PK\x01\x02" + raw[local + 4:local + 6], 0)
     central = raw.find(info.filename.encode(), raw.find(b"PK\x01\x02")) - 46
     if how == "crc":
         for i in range(start + 2, start + 12):
@@ -241,7 +235,7 @@ def _age_case(key: str, age: str) -> Bad:
 
 
 def phenopacket_cases() -> list[Bad]:
-    cases = [_skip_in_folder(key) for key in SKIPPED_FILES] + [_skip_in_zip(key) for key in SKIPPED_FILES]
+    cases = [_skipped_file(key, container) for container in ("folder", "zip") for key in SKIPPED_FILES]
     cases += [_damaged_zip_case(how) for how in ("crc", "encrypted", "method")]
     cases += [_age_case(key, age) for key, age in AGE_CASES.items()]
     unknown_observed = packet("unk", observed=[("HP:0001166", "Arachnodactyly"), ("HP:9999999", "")])
@@ -558,7 +552,7 @@ BAD_OVERRIDES = {
     "eval.max_cases=-1": "eval.max_cases", "eval.batch_size=0": "eval.batch_size",
     "eval.max_new_tokens=-10": "eval.max_new_tokens", "eval.fuzzy_threshold=2": "eval.fuzzy_threshold",
     "eval.fuzzy_threshold=0": "eval.fuzzy_threshold", "eval.ks=a,b": "eval.ks", "eval.ks=0": "eval.ks",
-    "eval.mode=guess": "eval.mode",
+    "eval.mode=guess": "eval.mode", "builder.k=0": "builder.k", "builder.q=-3": "builder.q",
     "optimizer.max_stepz=5": "max_steps", "optimiser.max_steps=5": "optimizer", "teacher.epochs.x=1": "one dot",
     "max_steps": "section.key=value", "teacher=gestlt": "gestalt", "student.nonsense=1": "student.nonsense",
 }
@@ -614,12 +608,14 @@ def _set_key(key: str, value) -> Callable[[str], str]:
 DAMAGED_ARTIFACTS = {
     "stages.json": [("cut-off", lambda t: t[: len(t) // 2]), ("empty", b""), ("a-list", b"[]"), ("not-utf8", b"\xff\xfe"),
                     ("a-string", b'"done"')],
-    "rankings.jsonl": [("cut-off", lambda t: t[: len(t) - 25]), ("garbage-line", lambda t: t + "oops\n"),
-                       ("row-is-list", lambda t: t + "[1, 2]\n"), ("missing-case-id", _drop_key("case_id")),
-                       ("label-ids-a-string", _set_key("label_ids", "OMIM:154700")), ("not-utf8", b"\xff\n")],
-    "cases.jsonl": [("cut-off", lambda t: t[: len(t) - 40]), ("missing-id", _drop_key("id")),
-                    ("missing-label-ids", _drop_key("label_ids")), ("bad-split", _set_key("split", "holdout")),
-                    ("label-ids-a-number", _set_key("label_ids", 7)), ("nested-deep", lambda t: t + deep(50_000).decode())],
+    # name:line in the message: 6 rows; _drop_key edits row 2, _set_key row 3, appended lines are line 7
+    "rankings.jsonl": [("cut-off", lambda t: t[: len(t) - 25], 6), ("garbage-line", lambda t: t + "oops\n", 7),
+                       ("row-is-list", lambda t: t + "[1, 2]\n", 7), ("missing-case-id", _drop_key("case_id"), 2),
+                       ("label-ids-a-string", _set_key("label_ids", "OMIM:154700"), 3), ("not-utf8", b"\xff\n")],
+    "cases.jsonl": [("cut-off", lambda t: t[: len(t) - 40], 6), ("missing-id", _drop_key("id"), 2),
+                    ("missing-label-ids", _drop_key("label_ids"), 2), ("bad-split", _set_key("split", "holdout"), 3),
+                    ("label-ids-a-number", _set_key("label_ids", 7), 3),
+                    ("nested-deep", lambda t: t + deep(50_000).decode(), 7)],
     "labels.json": [("cut-off", lambda t: t[:20]), ("an-object", b'{"id": "OMIM:1"}'),
                     ("item-without-name", b'[{"id": "OMIM:154700"}]'), ("items-not-objects", b'["OMIM:154700"]')],
     "task.json": [("cut-off", lambda t: t[:10]), ("a-list", b"[]"), ("no-modality", b'{"info": {}}')],
@@ -630,17 +626,18 @@ DAMAGED_ARTIFACTS = {
 ARTIFACT_NEEDLES = {"config.yaml": ("config.yaml",)}
 
 
-def _damaged(artifact: str, variant: str, damage) -> Bad:
+def _damaged(artifact: str, variant: str, damage, line_number: int | None = None, command: str = "prefs") -> Bad:
     def make(tmp: Path, run: Path) -> list[str]:
         target = tmp / "run"
         shutil.copytree(run, target)
         path = target / artifact
         data = damage if isinstance(damage, bytes) else damage(path.read_text(encoding="utf-8")).encode()
         path.write_bytes(data)
-        return ["prefs", "--run-dir", str(target)]
+        return [command, "--run-dir", str(target)]
 
-    needles = ("max_steps",) if variant == "bad-value" else (artifact,)
-    return Bad(f"artifact-{artifact}-{variant}", make, "error", needles, extra={"needs_run": True})
+    needles = ("max_steps",) if variant == "bad-value" else (f"{artifact}:{line_number}" if line_number else artifact,)
+    suffix = "" if command == "prefs" else f"-{command}"
+    return Bad(f"artifact-{artifact}-{variant}{suffix}", make, "error", needles, extra={"needs_run": True})
 
 
 def _missing(artifact: str) -> Bad:
@@ -652,9 +649,12 @@ def _missing(artifact: str) -> Bad:
 
 
 def artifact_cases() -> list[Bad]:
-    cases = [_damaged(artifact, variant, damage) for artifact, variants in DAMAGED_ARTIFACTS.items()
-             for variant, damage in variants]
+    cases = [_damaged(artifact, *variant) for artifact, variants in DAMAGED_ARTIFACTS.items() for variant in variants]
     cases += [_missing("cases.jsonl"), _missing("rankings.jsonl")]
+    # teach and eval read stages.json too (eval before it loads any model)
+    cases += [_damaged("stages.json", variant, damage, command=command) for command in ("teach", "eval")
+              for variant, damage in DAMAGED_ARTIFACTS["stages.json"][:2]]
+    cases += [_damaged("rankings.jsonl", *DAMAGED_ARTIFACTS["rankings.jsonl"][0], command="eval")]
 
     def summary(tmp: Path, run: Path) -> list[str]:
         shutil.copytree(run, tmp / "run")
@@ -663,6 +663,10 @@ def artifact_cases() -> list[Bad]:
 
     cases.append(Bad("artifact-prefs_summary.json-a-list", summary, "error", ("prefs_summary.json",),
                      extra={"needs_run": True}))
+    # The file system says no (an OSError): a message naming the path, exit 1.
+    cases.append(Bad("artifact-run-dir-name-too-long",
+                     lambda tmp: teach_args(tmp, write_folder(tmp / "store", {}))[:2] + [str(tmp / ("R" * 300))]
+                     + teach_args(tmp, tmp / "store")[3:], "error", ("File name too long", "RRRR"), exit_code=1))
     return cases
 
 

@@ -19,8 +19,8 @@ _K_HELP = "Answers per list; default: the task's default_n_answers (10), clipped
 
 @dataclass
 class TopKConfig:
-    k: int | None = field(default=None, metadata={"help": _K_HELP})
-    q: int | None = field(default=None, metadata={"help": "Labels in the rejected answer; default: same as k."})
+    k: int | None = field(default=None, metadata={"help": _K_HELP, "min": 1})
+    q: int | None = field(default=None, metadata={"help": "Labels in the rejected answer; default: same as k.", "min": 1})
     negatives: str = field(default="bottom", metadata={
         "help": "Rejected answer: 'bottom' (the teacher's q lowest ranked) or 'hard' (the q ranked just below k)."})
     force_true_label: bool = field(default=True, metadata={
@@ -35,7 +35,7 @@ class KTOConfig(TopKConfig):
 
 @dataclass
 class SFTConfig:
-    k: int | None = field(default=None, metadata={"help": _K_HELP})
+    k: int | None = field(default=None, metadata={"help": _K_HELP, "min": 1})
 
 
 @hookimpl
