@@ -245,11 +245,12 @@ def compare(methods: str, seeds: str, **kwargs: Any) -> None:
     results = run_comparison(mint_run, methods=chosen, explicit_overrides=kwargs.get("overrides", ()),
                              seeds=seed_list)
     _show(results, title="MINT comparison", run_dir=mint_run.run_dir)
-    if seed_list and len(seed_list) > 1:
-        from mint_core import io
-        from mint_core.compare import seeds_table
+    from mint_core import io
+    from mint_core.compare import seeds_table
 
-        console.print(seeds_table(io.read_json(mint_run.run_dir / "comparison.json")["seeds"]))
+    seed_summary = io.read_json(mint_run.run_dir / "comparison.json").get("seeds")
+    if seed_summary:
+        console.print(seeds_table(seed_summary))
 
 
 def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results", run_dir: Path | None = None) -> None:
