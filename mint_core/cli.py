@@ -262,19 +262,20 @@ def compare(methods: str, seeds: str, **kwargs: Any) -> None:
     results = run_comparison(mint_run, methods=chosen, explicit_overrides=kwargs.get("overrides", ()),
                              seeds=seed_list)
     _show(results, title="MINT comparison", run_dir=mint_run.run_dir)
-    if seed_list and len(seed_list) > 1:
-        from mint_core import io
-        from mint_core.compare import seeds_table
+    from mint_core import io
+    from mint_core.compare import seeds_table
 
-        console.print(seeds_table(io.read_json(mint_run.run_dir / "comparison.json")["seeds"]))
+    seed_summary = io.read_json(mint_run.run_dir / "comparison.json").get("seeds")
+    if seed_summary:
+        console.print(seeds_table(seed_summary))
 
 
 def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results", run_dir: Path | None = None) -> None:
-    """The closing tables (fit 100 columns), then the paired differences the run saved in deltas.json."""
+    """The closing tables (fit the terminal, at most 100 columns), then the run's paired differences (deltas.json)."""
     from mint_core import io
-    from mint_core.pipeline import deltas_table, metrics_tables
+    from mint_core.pipeline import TABLE_WIDTH, deltas_table, metrics_tables
 
-    for table in metrics_tables(all_metrics, title=title):
+    for table in metrics_tables(all_metrics, title=title, width=min(console.width, TABLE_WIDTH)):
         console.print(table)
     deltas_path = run_dir / "deltas.json" if run_dir is not None else None
     if deltas_path is not None and deltas_path.exists() and io.read_json(deltas_path):

@@ -14,6 +14,7 @@ own seed and are shared by every seed, so the spread across seeds measures the *
 training (LoRA init, data order), not a different teacher or split. Each further seed trains and
 evaluates every method in ``seeds/seed-<s>/`` (the shared artifacts copied there, marked done);
 ``base`` is evaluated once, since greedy decoding and scoring do not depend on the seed. The
+run's own seed is always among the seeds (it trains on the teacher it shares). The
 summary gives each metric's mean ± sd over seeds beside a pooled interval (per-case outcomes
 averaged over seeds, bootstrapped over cases). An explicit ``optimizer.seed`` would pin training
 to one seed and defeat the point.
@@ -48,7 +49,8 @@ def run_comparison(run: Run, *, methods: Sequence[str] | None = None, explicit_o
     each seed's metrics and the across-seed summary (see the module docstring).
     """
     methods = list(methods or default_methods(run))
-    seeds = [int(s) for s in seeds] if seeds else [int(run.config["seed"])]
+    own = int(run.config["seed"])
+    seeds = [own] + [int(s) for s in seeds or () if int(s) != own]  # the shared teacher's seed always runs
     selected = _compare_one_seed(run, methods, explicit_overrides)
     runs = {int(run.config["seed"]): run}
     for seed in seeds:

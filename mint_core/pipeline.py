@@ -546,9 +546,8 @@ def metrics_tables(all_metrics: dict[str, dict[str, Any]], title: str = "MINT re
     role_width = max(len("role"), *(len(r) for r in roles)) if roles else 4
     groups = _fit_columns(columns, cells, role_width, width)
     tables = []
-    for i, group in enumerate(groups):
-        last = i == len(groups) - 1
-        table = Table(title=title if i == 0 else None, caption=LEGEND if last else None, width=None)
+    for i, group in enumerate(groups):  # the legend goes under the first, widest table
+        table = Table(title=title if i == 0 else None, caption=LEGEND if i == 0 else None)
         table.add_column("role", style="bold", no_wrap=True)
         for column in group:
             table.add_column(SHORT_NAMES.get(column, column), justify="right", no_wrap=True)
