@@ -38,12 +38,21 @@ class GestaltNet(nn.Module):
     the head it is missing; training-time modality dropout uses the same path.
     ``text_encoder`` is only set when the text encoder is fine-tuned; otherwise the network
     takes precomputed sentence embeddings and the checkpoint holds no text weights.
+
+    With ``prior=True`` the notes also give a per-label prior, the diseases' phenotype similarity
+    to the notes, added to the logits with a learned scale (``prior_scale``): the head then learns
+    what the face and the notes add *beyond* the ontology, instead of relearning it from a few
+    hundred cases (an MLP given the same similarities as inputs reached notes-only top-1 0.75 where
+    the similarity alone gives 0.93, demo seed 0).
     """
 
     def __init__(self, *, n_labels: int, modalities: str, text_dim: int, image_model: str, pretrained: bool,
-                 embed_dim: int, hidden_dim: int, dropout: float, text_encoder: nn.Module | None = None):
+                 embed_dim: int, hidden_dim: int, dropout: float, text_encoder: nn.Module | None = None,
+                 prior: bool = False, prior_scale: float = 10.0):
         super().__init__()
         self.use_text, self.use_image = branches(modalities)
+        if prior and self.use_text:
+            self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
         n_branches = int(self.use_text) + int(self.use_image)
         if self.use_text:
             self.text_encoder = text_encoder
@@ -60,7 +69,7 @@ class GestaltNet(nn.Module):
 
     def forward(self, *, text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                 images: torch.Tensor | None = None, image_mask: torch.Tensor | None = None,
-                per_branch: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+                prior: torch.Tensor | None = None, per_branch: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Fused logits; with ``per_branch`` (and two branches) also the logits of each branch alone
         (the other one masked as missing), from the same embeddings: one CNN pass serves all three."""
         parts, masks = [], []
@@ -72,12 +81,16 @@ class GestaltNet(nn.Module):
             mask = image_mask.float().unsqueeze(-1)
             parts.append(self.image_proj(self.image_encoder(images)) * mask)
             masks.append(mask)
-        fused = self.head(torch.cat(parts + masks, dim=-1))
+        offset = 0.0
+        if prior is not None and hasattr(self, "prior_scale"):
+            offset = self.prior_scale * prior * masks[0]  # the text branch comes first
+        fused = self.head(torch.cat(parts + masks, dim=-1)) + offset
         if not per_branch:
             return fused
         alone = []
         if len(parts) > 1:
             for keep in range(len(parts)):
                 alone.append(self.head(torch.cat([part if i == keep else torch.zeros_like(part) for i, part in enumerate(parts)]
-                                                 + [mask if i == keep else torch.zeros_like(mask) for i, mask in enumerate(masks)], dim=-1)))
+                                                 + [mask if i == keep else torch.zeros_like(mask) for i, mask in enumerate(masks)], dim=-1))
+                             + (offset if keep == 0 else 0.0))
         return fused, alone

@@ -146,7 +146,7 @@ class GestaltTeacher(Teacher):
         c = self.config
         return GestaltNet(n_labels=n_labels, modalities=c.modalities, text_dim=text_dim, image_model=c.image_model,
                           pretrained=pretrained, embed_dim=c.embed_dim, hidden_dim=c.hidden_dim, dropout=c.dropout,
-                          text_encoder=text_encoder)
+                          text_encoder=text_encoder, prior=self.use_text and c.phenotype)
 
     def _inputs(self, cases: Sequence[Case], ctx, progress=None) -> _Inputs:
         texts = [(case.text or "").strip() for case in cases]
@@ -192,7 +192,10 @@ class GestaltTeacher(Teacher):
             else:
                 text = inputs.text[idx].to(device)
             if inputs.phenotype is not None:
-                text = torch.cat([text, inputs.phenotype[idx].to(device)], dim=-1)
+                phenotype = inputs.phenotype[idx].to(device)
+                text = torch.cat([text, phenotype], dim=-1)
+                # The last n_labels features are the diseases' similarities: also the logits' prior.
+                kwargs["prior"] = phenotype[:, -len(self.meta["label_ids"]):]
             kwargs.update(text=text, text_mask=text_mask)
         if self.use_image:
             images = normalize(inputs.images[idx].to(device), self.meta["image_mean"], self.meta["image_std"])
@@ -290,7 +293,8 @@ class GestaltTeacher(Teacher):
 
     def _cross_fit(self, data, train, val, val_in, best_epoch: int, fingerprint: str, ctx, progress) -> None:
         """One model per fold, trained without that fold's training cases, early-stopped on the same
-        validation cases and capped at the all-train model's best epoch (what keeps 5 folds cheap)."""
+        validation cases and capped at ``crossfit_epochs`` x the all-train model's best epoch (what keeps
+        5 folds cheap)."""
         c = self.config
         if c.crossfit == 1 or c.crossfit < 0:
             raise MintError(f"teacher.crossfit={c.crossfit}: use 0 (off) or at least 2 folds")
@@ -302,8 +306,9 @@ class GestaltTeacher(Teacher):
         main_model = self.model
         for fold in sorted(set(self.folds.values())):
             fit_on = [case for case in train if self.folds[case.id] != fold]
+            epochs = max(1, round(best_epoch * c.crossfit_epochs))
             model, history, _ = self._fit_model(data, fit_on, val_in, val, seed=ctx.seed + 1 + fold, ctx=ctx,
-                                                progress=progress, epochs=max(1, best_epoch), label=f"fold {fold}")
+                                                progress=progress, epochs=epochs, label=f"fold {fold}")
             self._save(model, ctx.path("teacher", f"fold-{fold}.safetensors"), fingerprint)
             self.fold_models[fold] = model
             self.meta.setdefault("fold_epochs", []).append(len(history))
