@@ -87,8 +87,14 @@ def test_mint_compare_fills_its_table(tiny_student, tmp_path):
     for role in ("base", "rag", "sft", "dpo", "kto", "orpo"):
         for key in ("top1", "rank_top1", "well_formed"):
             assert isinstance(table[role].get(key), float), (role, key)
-    rows = [line for line in (run_dir / "comparison.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 7 and not any("—" in row for row in rows[1:] if not row.startswith("| teacher"))
+    lines = [line.strip("|").split("|") for line in (run_dir / "comparison.md").read_text().splitlines()
+             if line.startswith("| ")]
+    header, cells = [c.strip() for c in lines[0]], {row[0].strip(): [c.strip() for c in row[1:]] for row in lines[1:]}
+    assert list(cells) == list(table)
+    filled = {role: {h for h, c in zip(header[1:], row) if c != "—"} for role, row in cells.items()}
+    # Every method fills the same columns (the students' generation metrics stop at top-k = builder.k).
+    assert {"top1", "rank_top1", "rank_top3", "well_formed", "teacher_topk_coverage"} <= filled["base"]
+    assert all(filled[role] == filled["base"] for role in table if role != "teacher")
     assert (run_dir / "comparison.png").stat().st_size > 1000
     # DPO started from the SFT adapter (the paper's recipe), so each trained role is its own model.
     summary = json.loads((run_dir / "students" / "dpo" / "train_summary.json").read_text())

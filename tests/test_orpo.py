@@ -133,6 +133,78 @@ def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
         model.zero_grad()
 
 
+def _plain_sequence_logps(model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence alone through the plain model: (log-probs of the answer's tokens, of the prompt's
+    tokens after the first), each token predicted from everything before it."""
+    ids = torch.tensor([prompt_ids + answer_ids])
+    logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+    predicted = logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]]  # token t+1 from positions <= t
+    n_prompt = len(prompt_ids)
+    return predicted[n_prompt - 1:], predicted[:n_prompt - 1]
+
+
+@pytest.mark.parametrize("nll_on_prompt", [True, False])
+def test_packed_statistics_match_an_independent_per_sequence_reference(loaded, nll_on_prompt):
+    """ORPO's and DPO's statistics and losses from the packed batch equal a plain per-sequence
+    computation written here from the model's logits (float64, no MINT helper), to 1e-5."""
+    import torch.nn.functional as F
+
+    from mint_orpo.dpo import dpo_loss
+    from mint_orpo.loss import orpo_loss
+    from mint_orpo.packing import collate_packed, forward_pairs, mask_kind_for
+
+    sm, features = loaded
+    model, batch, beta = sm.model, features[:4], 0.1
+    collated = collate_packed(batch, pad_id=sm.pad_token_id, nll_on_prompt=nll_on_prompt, padding_free=False)
+    model.zero_grad()
+    stats = forward_pairs(model, collated, mask_kind=mask_kind_for(model))
+    with torch.no_grad(), model.disable_adapter():
+        ref_stats = forward_pairs(model, collated, mask_kind=mask_kind_for(model))
+    orpo, _ = orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], beta)
+    dpo, dpo_metrics = dpo_loss(stats["chosen_logps_sum"], stats["rejected_logps_sum"], ref_stats["chosen_logps_sum"],
+                                ref_stats["rejected_logps_sum"], beta)
+    (orpo + dpo).backward()
+    packed_grads = _lora_grads(model)
+
+    model.zero_grad()
+    chosen, rejected, ref_chosen, ref_rejected, nll_terms = [], [], [], [], []
+    for f in batch:
+        answer, prompt = _plain_sequence_logps(model, f["prompt_ids"], f["chosen_ids"])
+        chosen.append(answer)
+        rejected.append(_plain_sequence_logps(model, f["prompt_ids"], f["rejected_ids"])[0])
+        nll_terms += [answer, prompt] if nll_on_prompt else [answer]
+        with torch.no_grad(), model.disable_adapter():
+            ref_chosen.append(_plain_sequence_logps(model, f["prompt_ids"], f["chosen_ids"])[0].sum())
+            ref_rejected.append(_plain_sequence_logps(model, f["prompt_ids"], f["rejected_ids"])[0].sum())
+    mean_c = torch.stack([c.mean() for c in chosen])
+    mean_r = torch.stack([r.mean() for r in rejected])
+    nll = -torch.cat(nll_terms).mean()  # token mean over the whole batch (TRL's chosen cross-entropy)
+    log_odds = (mean_c - mean_r) - (torch.log1p(-torch.exp(mean_c)) - torch.log1p(-torch.exp(mean_r)))
+    ref_orpo = nll - beta * F.logsigmoid(log_odds).mean()
+    sum_c, sum_r = torch.stack([c.sum() for c in chosen]), torch.stack([r.sum() for r in rejected])
+    margin = (sum_c - torch.stack(ref_chosen)) - (sum_r - torch.stack(ref_rejected))
+    ref_dpo = -F.logsigmoid(beta * margin).mean()
+    (ref_orpo + ref_dpo).float().backward()
+    reference_grads = _lora_grads(model)
+    model.zero_grad()
+
+    close = dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats["chosen_logps"].double(), mean_c.detach(), **close)
+    torch.testing.assert_close(stats["rejected_logps"].double(), mean_r.detach(), **close)
+    torch.testing.assert_close(stats["chosen_logps_sum"].double(), sum_c.detach(), **close)
+    torch.testing.assert_close(stats["rejected_logps_sum"].double(), sum_r.detach(), **close)
+    torch.testing.assert_close(ref_stats["chosen_logps_sum"].double(), torch.stack(ref_chosen), **close)
+    torch.testing.assert_close(stats["nll"].double(), nll.detach(), **close)
+    torch.testing.assert_close(orpo.double(), ref_orpo.detach(), **close)
+    torch.testing.assert_close(dpo.double(), ref_dpo.detach(), **close)
+    torch.testing.assert_close(dpo_metrics["rewards/margins"].double(), beta * margin.detach().mean(), **close)
+    assert abs(margin).max() > 1e-2  # the adapter moved the policy off the reference: DPO's terms are not trivial
+    assert packed_grads.keys() == reference_grads.keys() and packed_grads
+    for name, grad in reference_grads.items():
+        error = ((packed_grads[name] - grad).norm() / grad.norm()).item()
+        assert error < 1e-5, (name, error)
+
+
 def test_packed_mask_layout():
     from mint_orpo.packing import build_pair_mask, collate_packed
 
@@ -302,6 +374,52 @@ def test_resume_after_kill(tiny_dir, tmp_path):
              if "loss" in json.loads(line)]
     assert steps == [1, 2, 3, 4]  # steps 1-2 from the killed run, 3-4 resumed, none twice
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+_TIMINGS = {"train_runtime", "train_samples_per_second", "train_steps_per_second"}
+
+
+def _curve(out: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in _TIMINGS}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kill_at", ["step-3", "after-last-checkpoint"])
+def test_resumed_training_equals_an_uninterrupted_run(tiny_dir, tmp_path, kill_at):
+    """Killed before step 3 (between checkpoint-2 and checkpoint-4), or after the last checkpoint
+    (before the adapter is saved), then resumed: the adapter, loss curve and summary equal an
+    uninterrupted run's. 5 steps over 3 batches an epoch: the last step is not an epoch's end."""
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if kill_at == "step-3" and state.global_step == 2:
+                raise _Kill("killed before step 3")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if kill_at == "after-last-checkpoint":
+                raise _Kill("killed after checkpoint-5")
+
+    results = {}
+    for name, callbacks in (("uninterrupted", []), ("killed", [Kill()])):
+        out = tmp_path / name / "students" / "orpo"
+        torch.manual_seed(0)
+        train = lambda cbs: _optimizer(max_steps=5).train(  # noqa: E731
+            student=_student(tiny_dir), examples=make_examples(), output_dir=out, ctx=_ctx(tmp_path / name),
+            callbacks=cbs)
+        if callbacks:
+            with pytest.raises(_Kill):
+                train(callbacks)
+            assert not (out / "adapter").exists()
+            torch.manual_seed(0)
+        results[name] = (train([]), out)
+    (want, want_out), (got, got_out) = results["uninterrupted"], results["killed"]
+    assert got.metrics["global_step"] == want.metrics["global_step"] == 5
+    assert _curve(got_out) == _curve(want_out)  # one row per step, same numbers, no step twice
+    assert {k: v for k, v in got.metrics.items() if k not in _TIMINGS} == \
+        {k: v for k, v in want.metrics.items() if k not in _TIMINGS}
+    assert (got_out / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (want_out / "adapter" / "adapter_model.safetensors").read_bytes()
 
 
 def test_vision_student_packed(tmp_path):

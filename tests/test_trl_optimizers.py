@@ -184,7 +184,6 @@ def _assert_same_dpo_step(mint: dict, trl: dict) -> None:
     # element-wise 1e-5 would fail on fp32 rounding alone (packed and padded rows sum in other orders).
     errors = {name: ((mint["grads"][name] - grad).norm() / grad.norm()).item() for name, grad in trl["grads"].items()}
     worst = max(errors, key=errors.get)
-    print(sorted(errors.values())[-3:], min(g.norm().item() for g in trl["grads"].values()))
     assert errors[worst] < 1e-5, (worst, errors[worst])
 
 

@@ -324,6 +324,10 @@ class _MetricsLoggerImpl:
             return
         row = {"step": int(state.global_step), "epoch": float(state.epoch or 0.0)}
         row.update(_numeric({k: v for k, v in logs.items() if k not in {"step", "epoch"}}))
+        if "train_loss" in row and self.path.exists():
+            # The Trainer's train_loss averages only the steps this process ran: after a resume it
+            # would differ from the uninterrupted run's. The logged curve covers every step.
+            row["train_loss"] = curve_mean_loss(read_metrics(self.path), default=row["train_loss"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -346,6 +350,17 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def curve_mean_loss(rows: list[dict[str, Any]], *, default: float) -> float:
+    """Mean training loss per step over the logged curve (each row stands for the steps since the
+    previous one), or ``default`` when the curve does not start at step 1 without gaps."""
+    rows = sorted((r for r in rows if "loss" in r and "train_runtime" not in r), key=lambda r: r["step"])
+    total, previous = 0.0, 0
+    for row in rows:
+        total += float(row["loss"]) * (int(row["step"]) - previous)
+        previous = int(row["step"])
+    return total / previous if previous else default
 
 
 # Curves drawn when present, in this order (ORPO names first, then TRL's).
@@ -408,6 +423,11 @@ def train_with_resume(trainer: Any, *, checkpoints: Path, ctx: RunContext, label
     """``trainer.train()``, resuming from the newest complete checkpoint in ``checkpoints``; the
     rich progress bar is closed whatever happens (a kill must not leave the terminal garbled)."""
     resume = find_last_checkpoint(checkpoints)
+    if resume is not None and _is_final(resume):
+        # Killed after its last checkpoint: the Trainer, resumed there, would run one step past
+        # max_steps when that is not a whole number of epochs. Load the final weights instead.
+        ctx.log(f"{label}: {resume} is the last step; loading it instead of training on")
+        return _load_final_checkpoint(trainer, resume)
     if resume is not None:
         ctx.log(f"{label}: resuming from {resume}")
     progress = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _ProgressImpl))
@@ -415,3 +435,28 @@ def train_with_resume(trainer: Any, *, checkpoints: Path, ctx: RunContext, label
         return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         progress.close()
+
+
+def _is_final(checkpoint: Path) -> bool:
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def _load_final_checkpoint(trainer: Any, checkpoint: Path) -> Any:
+    """The trained adapter and Trainer state of a finished run's last checkpoint, and the
+    ``TrainOutput`` the run logged (its summary row in ``metrics.jsonl``, when it got that far)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    metrics: dict[str, float] = {}
+    logger = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, _MetricsLoggerImpl)), None)
+    if logger is not None and logger.path.exists():
+        summary = [row for row in read_metrics(logger.path) if "train_runtime" in row]
+        if summary:
+            metrics = {k: v for k, v in summary[-1].items() if k not in {"step"}}
+    return TrainOutput(trainer.state.global_step, float(metrics.get("train_loss", 0.0)), metrics)

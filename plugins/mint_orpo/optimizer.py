@@ -135,7 +135,11 @@ def summarize(train_metrics: dict[str, Any], metrics_jsonl: Path, *, global_step
     """Final figures: the Trainer's summary plus the last logged loss, NLL and reward accuracy."""
     out = {k: float(v) for k, v in train_metrics.items() if isinstance(v, (int, float))}
     out["global_step"] = float(global_step)
-    rows = [r for r in read_metrics(metrics_jsonl) if "loss" in r] if metrics_jsonl.exists() else []
+    logged = read_metrics(metrics_jsonl) if metrics_jsonl.exists() else []
+    summary = [r for r in logged if "train_loss" in r]
+    if summary:  # over every step, also after a resume (see common.curve_mean_loss)
+        out["train_loss"] = float(summary[-1]["train_loss"])
+    rows = [r for r in logged if "loss" in r]
     if rows:
         last = rows[-1]
         for key in ("loss", "nll", "nll_loss", "or_loss", "rewards/accuracies", "logps/chosen", "logps/rejected"):
