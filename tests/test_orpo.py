@@ -287,17 +287,26 @@ def test_train_end_to_end(tiny_dir, tmp_path):
 
 
 def test_padding_free_training_matches_padded(tiny_dir, tmp_path):
-    """optimizer.padding_free=true trains the same numbers as padded rows (one step, same data and seed)."""
-    losses = {}
+    """optimizer.padding_free=true trains the same numbers as padded rows over 3 steps (after updates,
+    not only the first forward): every logged step and the final adapter agree."""
+    from safetensors.torch import load_file
+
+    rows, adapters = {}, {}
     for option in ("false", "true"):
         torch.manual_seed(0)
         out = tmp_path / option / "orpo"
-        _optimizer(max_steps=1, padding_free=option).train(student=_student(tiny_dir), examples=make_examples(),
-                                                          output_dir=out, ctx=_ctx(tmp_path / option))
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        losses[option] = next(r for r in rows if "loss" in r)
-    for key in ("loss", "nll", "or_loss", "logps/chosen", "logps/rejected"):
-        assert abs(losses["true"][key] - losses["false"][key]) < 1e-5, key
+        result = _optimizer(max_steps=3, padding_free=option).train(
+            student=_student(tiny_dir), examples=make_examples(), output_dir=out, ctx=_ctx(tmp_path / option))
+        rows[option] = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        adapters[option] = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert [r["step"] for r in rows["true"]] == [r["step"] for r in rows["false"]] == [1, 2, 3]
+    assert rows["false"][2]["loss"] != rows["false"][0]["loss"]  # the steps moved the model
+    for padded, free in zip(rows["false"], rows["true"]):
+        for key in ("loss", "nll", "or_loss", "logps/chosen", "logps/rejected"):
+            assert free[key] == pytest.approx(padded[key], abs=1e-5, rel=1e-5), (key, padded["step"])
+    assert adapters["true"].keys() == adapters["false"].keys()
+    for name, weight in adapters["false"].items():
+        torch.testing.assert_close(adapters["true"][name], weight, atol=1e-5, rtol=1e-5)
 
 
 def test_choose_padding_free():

@@ -55,7 +55,7 @@ def test_fit_rank_and_reload_from_safetensors(tiny_task, tmp_path):
     test = data.split("test")
     rankings = teacher.rank(data=data, cases=test, ctx=ctx)
     check_rankings(rankings, test, data.labels.ids)
-    assert 0 <= topk_accuracy(rankings, test, 1) <= topk_accuracy(rankings, test, 2) <= 1
+    assert topk_accuracy(rankings, test, 1) <= topk_accuracy(rankings, test, 2) <= topk_accuracy(rankings, test, 3) == 1
 
     weights = tmp_path / "run" / "teacher" / CHECKPOINT
     meta = json.loads((tmp_path / "run" / "teacher" / META).read_text())
@@ -73,6 +73,23 @@ def test_fit_rank_and_reload_from_safetensors(tiny_task, tmp_path):
     changed = PathClipTeacher(replace(TINY, epochs=1))
     changed.fit(data=data, ctx=ctx)
     assert json.loads((tmp_path / "run" / "teacher" / META).read_text())["fingerprint"] != meta["fingerprint"]
+
+
+def test_pathclip_beats_chance_on_an_easy_synthetic_set(tmp_path):
+    """Trained from scratch on 30 synthetic tiles per class (3 classes), the teacher's top-1 on the
+    test split is far above chance (1/3): one-sided binomial test, p < 0.01. Measured: 13/18 (seed 0)."""
+    from scipy.stats import binomtest
+
+    torch.manual_seed(0)
+    ctx = RunContext(run_dir=tmp_path / "run", seed=0, console=Console(quiet=True))
+    data = TissueTask(TissueConfig(classes="colon,lung,ovarian", tiles_per_class=30, image_size=32)).load(ctx=ctx)
+    for case in data.cases:
+        case.image = str(ctx.resolve(case.image))
+    teacher = PathClipTeacher(replace(TINY, epochs=15, patience=15))
+    teacher.fit(data=data, ctx=ctx)
+    test = data.split("test")
+    hits = round(topk_accuracy(teacher.rank(data=data, cases=test, ctx=ctx), test, 1) * len(test))
+    assert binomtest(hits, len(test), 1 / len(data.labels), alternative="greater").pvalue < 0.01, (hits, len(test))
 
 
 def test_linear_probe_ranks_with_its_head_and_reloads(tiny_task, tmp_path):

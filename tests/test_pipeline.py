@@ -34,7 +34,12 @@ def test_full_run_writes_every_artifact(registry, tmp_path):
         assert (run_dir / name).exists(), name
     metrics = io.read_json(run_dir / "metrics.json")
     assert set(metrics) == {"teacher", "base", "counting"}
-    assert 0.0 <= metrics["teacher"]["top1"] <= 1.0
+    # The teacher's top-1 is recomputed here from the saved cases and rankings (test split only).
+    rankings = {row["case_id"]: row["label_ids"] for row in io.read_jsonl(run_dir / "rankings.jsonl")}
+    test = [row for row in io.read_jsonl(run_dir / "cases.jsonl") if row["split"] == "test"]
+    hits = [rankings[row["id"]][0] in row["label_ids"] for row in test]
+    assert test and metrics["teacher"]["top1"] == pytest.approx(sum(hits) / len(hits))
+    assert metrics["teacher"]["n"] == len(test)
     env = io.read_json(run_dir / "env.json")
     assert {"torch", "transformers", "trl", "peft"} <= set(env["packages"]) and env["plugins"]
     assert "| counting |" in (run_dir / "report.md").read_text()

@@ -122,6 +122,34 @@ def test_dpo_and_kto_start_at_their_reference(trained):
     assert trained["kto"].metrics["rows"] == 8  # 4 desirable + 4 undesirable answers
 
 
+def test_kto_first_step_is_at_its_reference(text_env, trained):
+    """KTO at step 1: rewards and KL are 0 (policy == reference) and the logged answer log-probs are
+    the base model's own, computed here for each answer; the batch (2 rows) holds some of them."""
+    from itertools import combinations
+
+    from mint_trl.data import _encode_answer
+
+    first = next(r for r in _rows(trained["kto"].output_dir / "metrics.jsonl") if "loss" in r)
+    for key in ("rewards/chosen", "rewards/rejected", "kl"):
+        assert first.get(key, 0.0) == pytest.approx(0.0, abs=1e-6), key
+    sm = text_env["student"].load(ctx=text_env["ctx"])
+    logps = {True: [], False: []}
+    for example in _examples("kto"):
+        prompt_ids, answer_ids = _encode_answer(sm, example.prompt, example.completion, max_length=1024,
+                                                max_prompt_length=768)
+        ids = torch.tensor([prompt_ids + answer_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(sm.model(input_ids=ids).logits[0, :-1].float(), -1)
+        n = len(prompt_ids)
+        logps[example.label].append(logp[torch.arange(n - 1, ids.shape[1] - 1), ids[0, n:]].sum().item())
+    for label, key in ((True, "logps/chosen"), (False, "logps/rejected")):
+        if key not in first:
+            continue  # the first batch held no answer of this kind
+        means = [sum(c) / len(c) for size in (1, 2) for c in combinations(logps[label], size)]
+        assert min(abs(first[key] - m) for m in means) < 1e-4, (key, first[key], means)
+    assert "logps/chosen" in first or "logps/rejected" in first
+
+
 @pytest.mark.parametrize("init", ["fresh", "sft"])
 def test_packed_dpo_matches_trl(text_env, trained, init):
     """impl=mint (shared-prompt packed policy and reference forwards) trains the numbers TRL's DPOTrainer does:
@@ -284,7 +312,6 @@ def test_registered_through_the_plugin():
 # -- vision student (tiny Mllama) ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vision_env(tmp_path_factory):
-    pytest.importorskip("mint_llama_vision.student", reason="the vision student plugin (mint_llama_vision) is absent")
     from mint_llama_vision import LlamaVisionConfig
     from mint_llama_vision.student import LlamaVisionStudent
     from mint_llama_vision.testing import tiny_mllama_dir, write_tiny_pngs
