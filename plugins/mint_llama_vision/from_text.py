@@ -106,6 +106,10 @@ def build_processor(text_dir: Path):
     tokenizer.add_tokens([AddedToken(IMAGE, special=True, normalized=False)], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.bos_token is None:
+        # MllamaProcessor prepends bos_token to texts lacking it; with ChatML every prompt opens with
+        # <|im_start|>, which is SmolLM2's own bos_token too.
+        tokenizer.bos_token = "<|im_start|>"
     tokenizer.chat_template = CHAT_TEMPLATE
     image_processor = MllamaImageProcessor(size={"height": TILE_SIZE, "width": TILE_SIZE}, max_image_tiles=1)
     return MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
