@@ -193,3 +193,144 @@ def test_lora_learns_image_to_answer_and_adapter_round_trips(student, run_dir, p
 
     with pytest.raises(MintError, match="adapter_model.safetensors"):
         student.load(ctx=ctx, adapter_dir=tmp_path)
+
+
+# -- the default student: an Mllama built from a pretrained Llama text model ------------------------
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory) -> Path:
+    from mint_llama.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("text") / "tiny-llama", num_layers=3)
+
+
+@pytest.fixture(scope="module")
+def built_dir(text_dir, tmp_path_factory) -> Path:
+    from mint_llama_vision.from_text import ensure_from_text
+
+    return ensure_from_text(text_dir, cache_root=tmp_path_factory.mktemp("cache"), cross_after=(1,), log=lambda _: None)
+
+
+def test_built_from_text_is_the_text_model_until_the_gates_open(text_dir, built_dir, tmp_path):
+    """Weights copied layer for layer around the inserted cross-attention layer, whose zero gates leave
+    the text model's logits unchanged; <|image|> gets one of Mllama's extra rows; the build is cached."""
+    from transformers import AutoModelForCausalLM, MllamaForConditionalGeneration
+
+    from mint_llama_vision.from_text import ensure_from_text
+    from mint_llama_vision.student import is_built_from_text
+
+    text = AutoModelForCausalLM.from_pretrained(text_dir).eval()
+    built = MllamaForConditionalGeneration.from_pretrained(built_dir).eval()
+    lm = built.model.language_model
+    assert built.config.text_config.cross_attention_layers == [2] and len(lm.layers) == 4
+    assert torch.equal(lm.layers[3].mlp.down_proj.weight, text.model.layers[2].mlp.down_proj.weight)
+    assert lm.layers[2].cross_attn_attn_gate.item() == 0.0 and lm.layers[2].cross_attn_mlp_gate.item() == 0.0
+    assert is_built_from_text(built_dir) and not is_built_from_text(text_dir)
+    assert built.config.image_token_index == text.config.vocab_size == built.config.text_config.vocab_size - 1
+    assert built.generation_config.suppress_tokens == [built.config.image_token_index]
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(built_dir)
+    assert processor.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image|>") == text.config.vocab_size
+    ids = torch.tensor([[1, 5, 17, 42, 99, 3]])
+    with torch.no_grad():
+        logits = built(input_ids=ids).logits
+        torch.testing.assert_close(logits[..., :-1], text(input_ids=ids).logits, atol=1e-5, rtol=0)
+        assert (logits[..., -1] == 0).all()  # the <|image|> output row
+    stamp = (built_dir / "model.safetensors").stat().st_mtime_ns
+    assert ensure_from_text(text_dir, cache_root=built_dir.parent.parent, cross_after=(1,)) == built_dir
+    assert (built_dir / "model.safetensors").stat().st_mtime_ns == stamp  # cached: no rebuild
+    assert not [p for p in built_dir.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def built_env(built_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("built-run")
+    images = write_tiny_pngs(run, n=4, size=64)
+    tissues = ["breast", "colon", "kidney", "liver", "lung"]
+    prompts = [Prompt(text="Choose from: breast, colon, kidney, liver, lung. Which tissue?", image=img) for img in images]
+    student = LlamaVisionStudent(LlamaVisionConfig(model=str(built_dir), device="cpu", lora_r=4, lora_dropout=0.0))
+    return {"student": student, "ctx": RunContext(run_dir=run, seed=0), "prompts": prompts, "tissues": tissues}
+
+
+def test_built_student_trains_its_vision_side_in_full_and_lora_above_it(built_env):
+    sm = built_env["student"].load(ctx=built_env["ctx"], trainable=True)
+    names = [name for name, param in sm.model.named_parameters() if param.requires_grad]
+    full = [n for n in names if "modules_to_save" in n]
+    assert any(".vision_model." in n for n in full) and any("multi_modal_projector" in n for n in full)
+    assert any("layers.2.modules_to_save.default.cross_attn_attn_gate" in n for n in full)  # the whole cross-attention layer, gates too
+    lora = [n for n in names if "lora_" in n]
+    assert lora and all(".layers.3." in n for n in lora), "auto: LoRA only above the cross-attention layer"
+    assert sm.lora_config().modules_to_save == sm.model.peft_config["default"].modules_to_save
+    # "Adapter off" (DPO's reference) is the untrained model: peft keeps the originals of modules_to_save.
+    enc = sm.encode(prompt=built_env["prompts"][0], completion="Most likely tissue types:\n1. colon")
+    batch = sm._to_device(sm.collate([enc]))
+    with torch.no_grad():
+        for name, param in sm.model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.05)
+        with sm.model.disable_adapter():
+            off = sm.model(**batch).logits
+        plain = built_env["student"].load(ctx=built_env["ctx"]).model(**batch).logits
+        on = sm.model(**batch).logits
+    torch.testing.assert_close(off, plain)
+    assert (on - plain).abs().max() > 1e-3
+
+
+def test_full_train_and_lora_layers_options_are_checked(built_env):
+    from mint_llama_vision.student import full_train_parts, lora_layer_indices
+
+    cfg = LlamaVisionConfig(full_train="cross_attn,retina")
+    with pytest.raises(MintError, match="student.full_train"):
+        full_train_parts(cfg, built=True)
+    assert full_train_parts(LlamaVisionConfig(), built=False) == []  # hub checkpoints: LoRA only
+    text_config = built_env["student"].load(ctx=built_env["ctx"]).model.config.text_config
+    assert lora_layer_indices(LlamaVisionConfig(), text_config, built=False) is None  # every layer
+    assert lora_layer_indices(LlamaVisionConfig(lora_layers="0,1"), text_config, built=True) == [0, 1]
+    with pytest.raises(MintError, match="student.lora_layers"):
+        lora_layer_indices(LlamaVisionConfig(lora_layers="9"), text_config, built=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["orpo", "dpo", "dpo-trl", "kto", "sft"])
+def test_built_student_trains_two_steps_with_each_optimizer(built_env, method, tmp_path):
+    """MINT's packed ORPO and DPO and TRL's DPO, KTO and SFT train the built student; the saved adapter
+    holds the fully trained vision side and changes the answers' scores."""
+    from mint_core.answers import format_answer
+    from mint_core.types import PreferenceExample
+    from mint_orpo import OrpoConfig
+    from mint_orpo.optimizer import OrpoOptimizer
+    from mint_trl import DpoConfig, KtoConfig, SftConfig
+    from mint_trl.optimizer import OPTIMIZERS
+
+    tissues, prompts = built_env["tissues"], built_env["prompts"]
+    rows = []
+    for i, prompt in enumerate(prompts):
+        good, bad = format_answer(tissues[i:i + 2], noun="tissue types"), format_answer([tissues[4 - i]], noun="tissue types")
+        if method == "kto":
+            rows += [PreferenceExample(case_id=f"v{i}", prompt=prompt, kind="unpaired", completion=good, label=True),
+                     PreferenceExample(case_id=f"v{i}", prompt=prompt, kind="unpaired", completion=bad, label=False)]
+        elif method == "sft":
+            rows.append(PreferenceExample(case_id=f"v{i}", prompt=prompt, kind="sft", completion=good))
+        else:
+            rows.append(PreferenceExample(case_id=f"v{i}", prompt=prompt, chosen=good, rejected=bad))
+    options = dict(max_steps=2, batch_size=2, save_steps=1, learning_rate=5e-3, seed=0)
+    if method == "orpo":
+        optimizer = OrpoOptimizer(OrpoConfig(**options))
+    elif method.startswith("dpo"):
+        optimizer = OPTIMIZERS["dpo"](DpoConfig(**options, impl="trl" if method == "dpo-trl" else "mint"))
+    else:
+        optimizer = OPTIMIZERS[method]((KtoConfig if method == "kto" else SftConfig)(**options))
+    torch.manual_seed(0)
+    result = optimizer.train(student=built_env["student"], examples=rows, output_dir=tmp_path / method,
+                             ctx=built_env["ctx"])
+    assert result.metrics["global_step"] == 2
+    from safetensors import safe_open
+
+    with safe_open(str(result.adapter_dir / "adapter_model.safetensors"), "pt") as saved:
+        keys = list(saved.keys())
+    assert any("vision_model" in k for k in keys) and any("cross_attn_attn_gate" in k for k in keys)
+    candidates = [format_answer([t], noun="tissue types") for t in tissues[:2]]
+    base = built_env["student"].load(ctx=built_env["ctx"]).score(prompts=prompts[:2], candidates=candidates, batch_size=2)
+    trained = built_env["student"].load(ctx=built_env["ctx"], adapter_dir=result.adapter_dir).score(
+        prompts=prompts[:2], candidates=candidates, batch_size=2)
+    assert max(abs(a - b) for ra, rb in zip(base, trained) for a, b in zip(ra, rb)) > 1e-4

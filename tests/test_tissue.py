@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from rich.console import Console
 import mint_tissue
 from mint_core.context import RunContext
 from mint_core.registry import MintError, Registry
+from mint_core.types import Case
 from mint_tissue import TissueConfig
 from mint_tissue.labels import PANNUKE_LABELS, clean_class_name, label_for_class
 from mint_tissue.splits import split_counts
@@ -100,8 +102,13 @@ def test_synthetic_default_is_eight_classes_and_prompt_asks_for_n(tmp_path):
     assert len(data.labels) == 8 and task.default_n_answers == 5 and task.label_noun == "tissue types"
     prompt = task.prompt(case=data.cases[0], n_answers=3)
     assert prompt.image == data.cases[0].image
-    assert prompt.text == ("Which tissue type is shown in this H&E image? Answer with the header 'Most likely "
-                           "tissue types:' followed by a numbered list of the 3 most likely tissue types, one per line.")
+    names = ", ".join(label.name for label in data.labels)
+    assert prompt.text == (f"Choose from these tissue types: {names}. Which tissue type is shown in this H&E image? "
+                           "Answer with the header 'Most likely tissue types:' followed by a numbered list of the 3 "
+                           "most likely tissue types, one per line.")
+    assert "colon" in names and "thyroid" in names
+    saved = Case.from_dict(json.loads(json.dumps(data.cases[0].to_dict())))  # as cases.jsonl stores it
+    assert task.prompt(case=saved, n_answers=3) == prompt
 
 
 def test_unknown_class_and_source_are_clear_errors(tmp_path):

@@ -3,12 +3,15 @@
 Registers the student ``llama-vision``. ``student.model`` is a hub id (the paper's setting is
 ``meta-llama/Llama-3.2-11B-Vision-Instruct``, on a GPU, optionally ``load_in_4bit``) or a local
 folder of any ``MllamaForConditionalGeneration`` checkpoint (safetensors, no remote code). The
-default, ``tiny``, is a small random Mllama built offline once and cached; see
-:mod:`mint_llama_vision.tiny` for how it is built and what it can and cannot learn.
+default, ``smollm2``, is an Mllama built offline once and cached whose language model is the
+pretrained SmolLM2-135M-Instruct, joined to a small new vision tower through a gated
+cross-attention layer; see :mod:`mint_llama_vision.from_text` for how it is built and what it can
+and cannot learn. ``tiny`` is a small random Mllama (:mod:`mint_llama_vision.tiny`) for tests.
 
-LoRA adapts the language model's linear layers (self- and cross-attention, MLP) and the
-multimodal projector; the vision tower stays frozen. Heavy imports live in
-:mod:`mint_llama_vision.student`, loaded only when a run uses the student.
+LoRA adapts the language model's linear layers (self- and cross-attention, MLP) and, for hub
+checkpoints, the multimodal projector; ``full_train`` names the modules trained in full instead
+(the built default's new parts: cross-attention layers, projector, vision tower). Heavy imports
+live in :mod:`mint_llama_vision.student`, loaded only when a run uses the student.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ from dataclasses import dataclass, field
 from mint_core.hookspecs import hookimpl
 
 TINY = "tiny"
+DEFAULT_MODEL = "smollm2"
 PAPER_MODEL = "meta-llama/Llama-3.2-11B-Vision-Instruct"
 
 
 @dataclass
 class LlamaVisionConfig:
-    model: str = field(default=TINY, metadata={
-        "help": f"'{TINY}' (a small random Mllama built offline and cached under $MINT_CACHE), a hub id "
-                f"({PAPER_MODEL}, the paper's, needs network + GPU) or a local Mllama folder."})
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": f"'{DEFAULT_MODEL}' (SmolLM2-135M-Instruct + a small vision tower, built offline once and cached "
+                f"under $MINT_CACHE), '{TINY}' (a small random Mllama, for tests), a hub id ({PAPER_MODEL}, "
+                "the paper's, needs network + GPU) or a local Mllama folder."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch while training."})
@@ -33,7 +38,17 @@ class LlamaVisionConfig:
         "help": "Language-model modules LoRA adapts: 'all-linear' (q,k,v,o,gate,up,down of self- and "
                 "cross-attention layers) or a comma-separated list (q_proj,v_proj). Never the vision tower."})
     lora_projector: bool = field(default=True, metadata={
-        "help": "Also put LoRA on the multimodal projector (vision features -> text hidden size)."})
+        "help": "Also put LoRA on the multimodal projector (vision features -> text hidden size), "
+                "unless full_train trains it in full."})
+    lora_layers: str = field(default="auto", metadata={
+        "help": "Language-model layers LoRA adapts: auto (a model built from a text model, the default among "
+                "them: from its first cross-attention layer on, so backward stops there; other checkpoints: all), "
+                "all, none, or indices (24,25,26)."})
+    full_train: str = field(default="auto", metadata={
+        "help": "Modules trained in full (peft modules_to_save), comma-separated: 'cross_attn' (the gated "
+                "cross-attention layers), 'projector', 'vision' (the vision tower); '' = LoRA only. "
+                f"auto: all three for a model built from a text model (the default '{DEFAULT_MODEL}': its vision "
+                "side starts untrained), '' for any other checkpoint."})
     load_in_4bit: bool = field(default=False, metadata={
         "help": "QLoRA: load the language model in 4-bit NF4 (needs CUDA and bitsandbytes)."})
     dtype: str = field(default="auto", metadata={
@@ -44,8 +59,8 @@ class LlamaVisionConfig:
 @hookimpl
 def mint_register_students(register):
     register("llama-vision", _make_student, config=LlamaVisionConfig,
-             description="Llama 3.2 Vision (Mllama) image+text student, LoRA on the LM and projector "
-                         "(default: tiny offline Mllama)",
+             description="Llama 3.2 Vision (Mllama) image+text student, LoRA on the LM "
+                         "(default: SmolLM2-135M + a small vision tower, built offline)",
              pairs_with={"task": "tissue"})
 
 

@@ -22,7 +22,7 @@ from mint_core.components import Student, StudentModel
 from mint_core.registry import MintError
 from mint_core.types import Prompt
 from mint_llama.student import pick_device, pick_dtype, require_4bit  # shared with the text student
-from mint_llama_vision import TINY, LlamaVisionConfig
+from mint_llama_vision import DEFAULT_MODEL, TINY, LlamaVisionConfig
 
 if TYPE_CHECKING:
     from mint_core.context import RunContext
@@ -39,31 +39,101 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def lora_target_regex(target_modules: str, *, projector: bool) -> str:
+def lora_target_regex(target_modules: str, *, projector: bool, layers: Sequence[int] | None = None) -> str:
     """A peft ``target_modules`` regex (full match on module names) limited to the language model.
 
     Names like ``q_proj`` also exist in the vision tower, so plain names would adapt it too; the
     regex anchors them under ``language_model``. ``all-linear`` means every projection of the
     self- and cross-attention layers and the MLPs (the LM head is left out, as peft does).
+    ``layers`` limits LoRA to those language-model layer indices (None: every layer).
     """
     spec = target_modules.strip()
     names = _LM_LINEAR if spec in ("all-linear", "") else tuple(n.strip() for n in spec.split(",") if n.strip())
     bad = [n for n in names if not n.replace("_", "").isalnum()]
     if bad:
         raise MintError(f"student.lora_target_modules: {bad} are not module names; use all-linear or q_proj,v_proj")
-    pattern = rf"(.*\.)?language_model\..*\.({'|'.join(names)})"
+    where = r".*" if layers is None else rf"layers\.({'|'.join(str(i) for i in sorted(set(layers)))})\..*"
+    pattern = rf"(.*\.)?language_model\.{where}\.({'|'.join(names)})"
     if projector:
         pattern += r"|(.*\.)?multi_modal_projector"
     return pattern
 
 
-def lora_config(config: LlamaVisionConfig):
-    """The peft ``LoraConfig`` from the student config (TRL trainers take it as ``peft_config``)."""
+#: ``student.full_train`` names -> the module names peft's ``modules_to_save`` gets.
+FULL_TRAIN = {"cross_attn": None, "projector": "multi_modal_projector", "vision": "vision_model"}
+
+
+def is_built_from_text(path: str | Path) -> bool:
+    """Whether ``path`` holds an Mllama that :mod:`mint_llama_vision.from_text` built (new, untrained vision side)."""
+    import json
+
+    recipe = Path(path) / "mint_recipe.json"
+    return recipe.is_file() and "text_model" in json.loads(recipe.read_text(encoding="utf-8"))
+
+
+def full_train_parts(config: LlamaVisionConfig, *, built: bool = False) -> list[str]:
+    """``student.full_train`` resolved: ``auto`` is every new part for a model built from a text model
+    (``built``, the default ``smollm2`` among them), nothing for other checkpoints."""
+    spec = config.full_train.strip()
+    if spec == "auto":
+        return list(FULL_TRAIN) if built else []
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    bad = [p for p in parts if p not in FULL_TRAIN]
+    if bad:
+        raise MintError(f"student.full_train: {bad} unknown; use a comma-separated subset of "
+                        f"{', '.join(FULL_TRAIN)}, '' (LoRA only) or auto")
+    return parts
+
+
+def lora_layer_indices(config: LlamaVisionConfig, text_config: Any, *, built: bool = False) -> list[int] | None:
+    """Language-model layers LoRA adapts (None: all), from ``student.lora_layers``.
+
+    ``auto``: for a model built from a text model, the layers from the first cross-attention layer on. Below it
+    the image cannot matter, and leaving those layers frozen means the backward pass stops there
+    (measured: see the README's vision-student sweep); every layer for other checkpoints.
+    """
+    spec = config.lora_layers.strip()
+    n = text_config.num_hidden_layers
+    cross = set(getattr(text_config, "cross_attention_layers", None) or [])
+    if spec in ("all", "") or (spec == "auto" and not built):
+        chosen = list(range(n))
+    elif spec == "auto":
+        chosen = list(range(min(cross) if cross else 0, n))
+    elif spec == "none":
+        chosen = []
+    else:
+        try:
+            chosen = [int(item) for item in spec.split(",") if item.strip()]
+        except ValueError:
+            raise MintError(f"student.lora_layers={spec!r}: use auto, all, none or comma-separated layer indices") from None
+        if any(not 0 <= i < n for i in chosen):
+            raise MintError(f"student.lora_layers={spec!r}: the language model has layers 0..{n - 1}")
+    if "cross_attn" in full_train_parts(config, built=built):  # trained in full: no LoRA inside them
+        chosen = [i for i in chosen if i not in cross]
+    return None if chosen == list(range(n)) else chosen
+
+
+def lora_config(config: LlamaVisionConfig, text_config: Any = None, *, built: bool = False):
+    """The peft ``LoraConfig`` from the student config (TRL trainers take it as ``peft_config``).
+
+    ``text_config`` (the checkpoint's language-model config) places per-layer choices; without
+    it LoRA covers every layer and nothing trains in full. ``built``: the model was built from a
+    text model (see :func:`is_built_from_text`), which is what ``auto`` options look at.
+    """
     from peft import LoraConfig
 
+    parts = full_train_parts(config, built=built) if text_config is not None else []
+    layers = lora_layer_indices(config, text_config, built=built) if text_config is not None else None
+    save = [FULL_TRAIN[p] for p in parts if FULL_TRAIN[p]]
+    if "cross_attn" in parts:
+        save += [f"language_model.layers.{i}" for i in text_config.cross_attention_layers]
+    projector = config.lora_projector and "projector" not in parts
+    if layers == [] and not projector:
+        targets: Any = []  # full training only
+    else:
+        targets = lora_target_regex(config.lora_target_modules, projector=projector, layers=layers)
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
-                      target_modules=lora_target_regex(config.lora_target_modules, projector=config.lora_projector),
-                      task_type="CAUSAL_LM")
+                      target_modules=targets, modules_to_save=save or None, task_type="CAUSAL_LM")
 
 
 class LlamaVisionStudent(Student):
@@ -71,6 +141,7 @@ class LlamaVisionStudent(Student):
 
     def __init__(self, config: LlamaVisionConfig):
         self.config = config
+        self._log = print
 
     def model_path(self) -> str:
         """The folder or hub id to load: the cached tiny model is built on first use."""
@@ -78,6 +149,10 @@ class LlamaVisionStudent(Student):
             from mint_llama_vision.tiny import ensure_tiny_mllama
 
             return str(ensure_tiny_mllama())
+        if self.config.model == DEFAULT_MODEL:
+            from mint_llama_vision.from_text import ensure_default
+
+            return str(ensure_default(log=self._log))
         return self.config.model
 
     def load(self, *, ctx: RunContext, adapter_dir: Path | None = None, trainable: bool = False) -> LlamaVisionModel:
@@ -86,6 +161,8 @@ class LlamaVisionStudent(Student):
         cfg = self.config
         device = resolve_device(cfg.device)
         dtype = pick_dtype(cfg.dtype, device)
+        if ctx is not None:
+            self._log = ctx.log
         path = self.model_path()
         kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
         if cfg.load_in_4bit:
@@ -99,11 +176,14 @@ class LlamaVisionStudent(Student):
                             f"for gated models, a token), or student.model={TINY} for the offline default.") from exc
         if not cfg.load_in_4bit:
             model.to(device)
-        model = self._attach_adapter(model, ctx=ctx, adapter_dir=adapter_dir, trainable=trainable)
+        built = is_built_from_text(path)
+        model = self._attach_adapter(model, ctx=ctx, adapter_dir=adapter_dir, trainable=trainable, built=built)
         model.train(trainable)
-        return LlamaVisionModel(model=model, processor=processor, ctx=ctx, device=device, config=cfg)
+        return LlamaVisionModel(model=model, processor=processor, ctx=ctx, device=device, config=cfg,
+                                built_from_text=built)
 
-    def _attach_adapter(self, model: Any, *, ctx: RunContext, adapter_dir: Path | None, trainable: bool) -> Any:
+    def _attach_adapter(self, model: Any, *, ctx: RunContext, adapter_dir: Path | None, trainable: bool,
+                        built: bool = False) -> Any:
         from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
         cfg = self.config
@@ -119,15 +199,16 @@ class LlamaVisionStudent(Student):
             return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
         if not trainable:
             return model
-        lora = lora_config(cfg)
+        lora = lora_config(cfg, model.config.text_config, built=built)
         if ctx is not None:
             torch.manual_seed(ctx.seed)  # LoRA A matrices start random: same seed, same start
         model = get_peft_model(model, lora)
-        # peft freezes everything but the LoRA weights; make the frozen vision tower explicit anyway,
-        # so a later modules_to_save or unfreeze never trains it by accident.
-        for name, param in model.named_parameters():
-            if ".vision_model." in name:
-                param.requires_grad_(False)
+        if "vision" not in full_train_parts(cfg, built=built):
+            # peft freezes everything but the LoRA weights; make the frozen vision tower explicit anyway,
+            # so a later unfreeze never trains it by accident.
+            for name, param in model.named_parameters():
+                if ".vision_model." in name:
+                    param.requires_grad_(False)
         return model
 
 
@@ -196,8 +277,10 @@ class LlamaVisionModel(StudentModel):
     modality = "image"
 
     def __init__(self, *, model: Any, processor: Any, ctx: RunContext | None, device: torch.device,
-                 config: LlamaVisionConfig | None = None):
+                 config: LlamaVisionConfig | None = None, built_from_text: bool = False):
         self.config = config or LlamaVisionConfig()
+        #: Built by :mod:`mint_llama_vision.from_text`: ``auto`` options train its new vision side in full.
+        self.built_from_text = built_from_text
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -244,8 +327,8 @@ class LlamaVisionModel(StudentModel):
         return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
     def lora_config(self):
-        """The peft ``LoraConfig`` of this student (language model + projector, never the vision tower)."""
-        return lora_config(self.config)
+        """The peft ``LoraConfig`` of this student (LoRA placement and fully trained modules)."""
+        return lora_config(self.config, self._base().config.text_config, built=self.built_from_text)
 
     def completion_ids(self, completion: str, *, end: bool = True) -> list[int]:
         """Token ids of an answer, followed by the end-of-turn token when ``end``."""

@@ -1,4 +1,6 @@
-"""The offline default model: a tiny, randomly initialised Mllama built once on this machine.
+"""``student.model=tiny``: a tiny, randomly initialised Mllama built once on this machine, for tests.
+
+(The offline default is :mod:`mint_llama_vision.from_text`: a real pretrained language model.)
 
 **How it is built.** :func:`build_tiny_mllama` writes, with ``save_pretrained`` (safetensors), the
 same files a hub checkpoint of ``meta-llama/Llama-3.2-11B-Vision-Instruct`` has, so the student

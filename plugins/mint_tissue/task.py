@@ -22,6 +22,8 @@ from mint_tissue.synthetic import DEFAULT_SYNTHETIC, render_tile
 
 QUESTION = ("Which tissue type is shown in this H&E image? Answer with the header 'Most likely tissue types:' "
             "followed by a numbered list of the {n} most likely tissue types, one per line.")
+#: The candidate types, listed before the question as the authors' tissue prompt does ("choose from ...").
+CHOICES = "Choose from these tissue types: {names}."
 SOURCES = ("synthetic", "imagefolder", "pannuke")
 
 
@@ -57,6 +59,7 @@ class TissueTask(Task):
         for case in cases:  # captions are for the teacher only; wording varies per case, seeded
             rng = np.random.default_rng([ctx.seed & 0xFFFFFFFF, zlib.crc32(case.id.encode()), 11])
             case.text = write_caption(space[case.label_id], rng)
+            case.meta["choices"] = [label.name for label in space]  # saved with the case: prompts need no label space
         assign_splits(cases, seed=ctx.seed, test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction)
         counts = {split: sum(c.split == split for c in cases) for split in ("train", "val", "test")}
         ctx.log(f"tissue: {len(cases)} tiles in {len(space)} classes from {cfg.source} "
@@ -126,7 +129,12 @@ class TissueTask(Task):
 
     # -- prompting ------------------------------------------------------------------------
     def prompt(self, *, case: Case, n_answers: int) -> Prompt:
-        return Prompt(text=QUESTION.format(n=n_answers), image=case.image)
+        """The question, after the list of candidate types (``case.meta["choices"]``, set by :meth:`load`)."""
+        choices = case.meta.get("choices")
+        text = QUESTION.format(n=n_answers)
+        if choices:  # run folders from before choices were saved: the bare question
+            text = CHOICES.format(names=", ".join(choices)) + " " + text
+        return Prompt(text=text, image=case.image)
 
     def content_free_prompt(self, *, n_answers: int) -> Prompt:
         """The same question with no image: what the student answers from the question alone."""
