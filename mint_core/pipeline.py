@@ -317,6 +317,15 @@ class Run:
                     ks=ks, batch_size=eval_cfg["batch_size"], max_new_tokens=eval_cfg["max_new_tokens"],
                     prompts=prompts, threshold=eval_cfg["fuzzy_threshold"], ctx=self.ctx,
                     teacher_k=n_answers, teacher_q=self.config["builder"].get("q") or n_answers)
+            if eval_cfg.get("constrained") and eval_cfg["mode"] in ("generation", "both"):
+                from mint_core.predict import constrained_evaluation
+
+                c_metrics, c_predictions = constrained_evaluation(
+                    student_model=model, task=task, data=data, cases=cases, rankings=rankings, n_answers=n_answers,
+                    ks=ks, eval_cfg=eval_cfg, prompts=prompts, ctx=self.ctx,
+                    teacher_q=self.config["builder"].get("q") or n_answers)
+                metrics.update(c_metrics)
+                predictions = [{**row, **extra} for row, extra in zip(predictions, c_predictions)]
             if eval_cfg["mode"] in ("ranking", "both"):
                 rank_metrics, rank_predictions = evaluate_ranking(
                     student_model=model, task=task, data=data, cases=cases, n_answers=n_answers, ks=ks,

@@ -99,8 +99,12 @@ def _diagnoses(data: dict[str, Any]) -> list[tuple[str, str]]:
     return list(found.items())
 
 
-def parse_phenopacket(data: Any, *, source: str = "") -> Phenopacket:
-    """One phenopacket's case; raises :class:`Skip` with the reason it cannot be used."""
+def parse_phenopacket(data: Any, *, source: str = "", require_diagnosis: bool = True) -> Phenopacket:
+    """One phenopacket's case; raises :class:`Skip` with the reason it cannot be used.
+
+    ``require_diagnosis=False`` (``mint predict`` on new patients) accepts a packet without a
+    diagnosis (``disease_id`` is then empty); more than one still skips it.
+    """
     if not isinstance(data, dict):
         raise Skip(MALFORMED, "top level is not a JSON object")
     packet_id = data.get("id")
@@ -113,7 +117,7 @@ def parse_phenopacket(data: Any, *, source: str = "") -> Phenopacket:
     if not isinstance(subject, dict):
         raise Skip(MALFORMED, "subject is not an object")
     diagnoses = _diagnoses(data)
-    if len(diagnoses) != 1:
+    if len(diagnoses) != 1 and (require_diagnosis or diagnoses):
         raise Skip(DIAGNOSIS, f"{len(diagnoses)} diagnoses")
     observed: list[tuple[str, str]] = []
     excluded: list[tuple[str, str]] = []
@@ -128,14 +132,16 @@ def parse_phenopacket(data: Any, *, source: str = "") -> Phenopacket:
         raise Skip(NO_PHENOTYPES, "no observed phenotypic feature")
     sex = subject.get("sex") if subject.get("sex") in ("FEMALE", "MALE") else None
     age = _age_years(subject.get("timeAtLastEncounter"))
-    disease_id, disease_label = diagnoses[0]
+    disease_id, disease_label = diagnoses[0] if diagnoses else ("", "")
     return Phenopacket(id=packet_id.strip(), disease_id=disease_id, disease_label=disease_label, observed=observed,
                        excluded=excluded, sex=sex, age_years=age, source=source)
 
 
 def _json_members(path: Path) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of every ``*.json`` file under a folder or inside a zip, sorted by name."""
-    if path.is_dir():
+    if path.is_file() and path.suffix == ".json":
+        yield path.name, path.read_bytes()
+    elif path.is_dir():
         for file in sorted(path.rglob("*.json")):
             if file.is_file() and not file.name.startswith("."):
                 yield str(file.relative_to(path)), file.read_bytes()
@@ -150,8 +156,8 @@ def _json_members(path: Path) -> Iterator[tuple[str, bytes]]:
                         f"(phenopacket-store's all_phenopackets.zip)")
 
 
-def read_phenopackets(path: str | Path) -> tuple[list[Phenopacket], Counter[str]]:
-    """Every usable phenopacket under ``path`` and a counter of skipped files by reason."""
+def read_phenopackets(path: str | Path, *, require_diagnosis: bool = True) -> tuple[list[Phenopacket], Counter[str]]:
+    """Every usable phenopacket under ``path`` (a folder, a zip or one ``.json`` file) and a counter of skipped files by reason."""
     path = Path(path).expanduser()
     if not path.exists():
         raise MintError(f"task.path={path} does not exist: pass a folder of phenopacket JSON files or "
@@ -166,7 +172,7 @@ def read_phenopackets(path: str | Path) -> tuple[list[Phenopacket], Counter[str]
             skipped[MALFORMED] += 1
             continue
         try:
-            packet = parse_phenopacket(data, source=name)
+            packet = parse_phenopacket(data, source=name, require_diagnosis=require_diagnosis)
         except Skip as skip:
             skipped[skip.reason] += 1
             continue
