@@ -58,6 +58,8 @@ def _metrics_section(all_metrics: dict[str, dict[str, Any]], role: str) -> list[
     if role not in shown:
         return ["Not evaluated yet: run `mint eval --roles base," + role + "` to fill this section.", ""]
     columns = metric_columns(shown)
+    # eval.constrained's keys (c_top1, ...) beside the free-generation ones they mirror.
+    columns += [f"c_{c}" for c in columns if any(f"c_{c}" in m for m in shown.values())]
     has_ci = any(k.endswith("_ci") for m in shown.values() for k in m)
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name in roles_in_order(shown):
@@ -68,7 +70,7 @@ def _metrics_section(all_metrics: dict[str, dict[str, Any]], role: str) -> list[
               "; no intervals were computed for this run (see `metrics.json`)."),
               "`top{k}`: the true label among the first k names written; `rank_*`: labels ranked by "
               "log-likelihood; `well_formed`: answers in the exact format; `hallucination_rate`: listed names "
-              "matching no label; `teacher_*`: agreement with the teacher.", ""]
+              "matching no label; `teacher_*`: agreement with the teacher; `c_*`: generation constrained to the label names.", ""]
     return lines
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mint_core import io
@@ -319,11 +320,13 @@ def predictions_table(predictions: Sequence[Prediction], labels: LabelSpace, *, 
     for p in predictions:
         lines = []
         for i, (name, label_id) in enumerate(zip(p.names, p.matched_ids), 1):
-            lines.append(f"{i}. [red]✗ {name}[/red]" if label_id is None else f"{i}. {labels[label_id].name}")
+            lines.append(f"{i}. [red]✗ {escape(name)}[/red]" if label_id is None else f"{i}. {labels[label_id].name}")
         if not p.well_formed:
-            lines.append(f"[yellow]({p.problem or 'not well-formed'})[/yellow]")
+            lines.append(f"[yellow]({escape(p.problem or 'not well-formed')})[/yellow]")
         ranking = "\n".join(f"{i}. {r.name} [dim]{r.score:.2f}[/dim]" for i, r in enumerate(p.ranking, 1))
-        row = [p.case_id, "\n".join(lines) or "[yellow](no names)[/yellow]", ranking or "—"]
+        if not p.names:
+            lines.insert(0, f"[dim]{escape(p.answer[:120]) or '(empty answer)'}[/dim]")
+        row = [p.case_id, "\n".join(lines), ranking or "—"]
         if show_truth:
             row.append(", ".join(labels[t].name if t in labels else t for t in p.true_label_ids) or "—")
         table.add_row(*row)
