@@ -39,6 +39,10 @@ def test_adapter_export_and_model_card(run_dir, tmp_path):
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == config["student"]["model"]
     front, body = _front_matter(out / "README.md")
     assert front["library_name"] == "peft" and {"mint", "orpo", "lora", "rare-disease"} <= set(front["tags"])
+    from huggingface_hub import ModelCard  # the Hub's own parser reads the card's metadata
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "peft" and "orpo" in card.data.tags
     assert "base_model" not in front  # a local test model is no hub id
     for heading in ("## Intended use and limits", "## How to use", "## Evaluation", "## Training data",
                     "## Run configuration"):
