@@ -320,7 +320,8 @@ def predictions_table(predictions: Sequence[Prediction], labels: LabelSpace, *, 
     for p in predictions:
         lines = []
         for i, (name, label_id) in enumerate(zip(p.names, p.matched_ids), 1):
-            lines.append(f"{i}. [red]✗ {escape(name)}[/red]" if label_id is None else f"{i}. {labels[label_id].name}")
+            shown = name if len(name) <= 60 else name[:59] + "…"  # a hallucinated "name" can be a paragraph
+            lines.append(f"{i}. [red]✗ {escape(shown)}[/red]" if label_id is None else f"{i}. {labels[label_id].name}")
         if not p.well_formed:
             lines.append(f"[yellow]({escape(p.problem or 'not well-formed')})[/yellow]")
         ranking = "\n".join(f"{i}. {r.name} [dim]{r.score:.2f}[/dim]" for i, r in enumerate(p.ranking, 1))

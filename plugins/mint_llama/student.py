@@ -336,7 +336,6 @@ class LlamaTextModel(StudentModel):
                 shutil.rmtree(tmp)
         return directory
 
-
     # -- export (mint export) ---------------------------------------------------------------
     def export(self, *, out_dir: str | Path, merged: bool = False) -> dict[str, Any]:
         """The adapter (``merged=False``) or the merged model, Hugging Face layout, in ``out_dir``.
