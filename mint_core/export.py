@@ -10,6 +10,7 @@ decides what goes where and writes the card.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,27 @@ def _metrics_section(all_metrics: dict[str, dict[str, Any]], role: str) -> list[
         label = {"teacher": "teacher (multimodal, for reference)", BASE_ROLE: "base student"}.get(name, f"**{name}** (this model)")
         lines.append(f"| {label} | " + " | ".join(_metric_cell(shown[name], c) for c in columns) + " |")
     n = shown[role].get("n")
+    constrained = any(c.startswith("c_") for c in columns)
     lines += ["", f"On the run's test split ({n} cases)" + (", 95% bootstrap intervals in brackets." if has_ci else
               "; no intervals were computed for this run (see `metrics.json`)."),
               "`top{k}`: the true label among the first k names written; `rank_*`: labels ranked by "
               "log-likelihood; `well_formed`: answers in the exact format; `hallucination_rate`: listed names "
-              "matching no label; `teacher_*`: agreement with the teacher; `c_*`: generation constrained to the label names.", ""]
+              "matching no label; `teacher_*`: agreement with the teacher"
+              + ("; `c_*`: generation constrained to the label names." if constrained else "."), ""]
     return lines
+
+
+def _example_messages(run: Any) -> list[dict[str, Any]]:
+    """The chat messages the student was trained on, for a placeholder case (the prompt format matters)."""
+    from mint_core.types import Case
+
+    task = run.component("task")
+    try:
+        prompt = task.prompt(case=Case(id="example", label_ids=(), text="<the case's notes>"), n_answers=run.n_answers())
+    except (ValueError, KeyError, TypeError):  # a task that needs more than notes (an image) to build a prompt
+        return [{"role": "user", "content": "<the task's prompt>"}]
+    messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    return messages + [{"role": "user", "content": prompt.text}]
 
 
 def model_card(run: Any, *, role: str, facts: dict[str, Any], merged: bool) -> str:
@@ -124,9 +140,10 @@ def model_card(run: Any, *, role: str, facts: dict[str, Any], merged: bool) -> s
     else:
         parts += ["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer",
                   'model = AutoPeftModelForCausalLM.from_pretrained("DIR")', 'tokenizer = AutoTokenizer.from_pretrained("DIR")']
-    parts += ['messages = [{"role": "user", "content": "Patient notes: ... Which ... best explain these findings?"}]',
+    parts += [f"messages = {json.dumps(_example_messages(run))}",
               "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt', return_dict=True)",
-              "answer = model.generate(**inputs, max_new_tokens=160, do_sample=False)", "```", "",
+              "answer = model.generate(**inputs, max_new_tokens=160, do_sample=False)",
+              'print(tokenizer.decode(answer[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))', "```", "",
               f"Or with MINT: `mint predict --run-dir RUN --role {role} notes.txt` (the label ranking too, and "
               f"`--constrained` answers that contain only label names).", "",
               "## Evaluation", ""]
