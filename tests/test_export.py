@@ -94,6 +94,7 @@ print(json.dumps(out[0, ids["input_ids"].shape[1]:].tolist()))
 """
 
 
+@pytest.mark.slow
 def test_merged_export_loads_with_plain_transformers_and_generates_the_same_tokens(run_dir, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -133,6 +134,7 @@ def test_merged_export_loads_with_plain_transformers_and_generates_the_same_toke
     assert tokens == expected and len(tokens) > 1
 
 
+@pytest.mark.slow
 def test_exported_preferences_train_one_dpo_step(run_dir, tmp_path):
     import torch
     from datasets import load_dataset
