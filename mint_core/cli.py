@@ -6,6 +6,8 @@
     mint teach | prefs | train | eval   one stage, reading the previous stage's artifacts
     mint run [flags] [overrides]        all four stages (no flags: the offline demo)
     mint compare [flags] [overrides]    base, RAG, SFT, DPO, KTO, ORPO... on one task and split
+    mint predict --run-dir R [INPUT]    a trained student on new cases (answers + label ranking)
+    mint export --run-dir R --out DIR   the adapter / merged model with a model card, or --preferences
 
 Overrides are trailing ``section.key=value`` words (``teacher.epochs=5 seed=3``).
 """
@@ -268,6 +270,53 @@ def compare(methods: str, seeds: str, **kwargs: Any) -> None:
     seed_summary = io.read_json(mint_run.run_dir / "comparison.json").get("seeds")
     if seed_summary:
         console.print(seeds_table(seed_summary))
+
+
+# -- using a trained student ---------------------------------------------------------------------
+@cli.command()
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="A finished run directory.")
+@click.option("--role", default="orpo", show_default=True, help="Which student: an optimizer trained in the run, or base.")
+@click.option("--constrained", is_flag=True, help="Greedy generation restricted to the label names (no hallucination).")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(0), help="Labels of the ranking to show.")
+@click.option("--no-rank", is_flag=True, help="Skip ranking the label space (generation only).")
+@click.option("--json", "as_json", is_flag=True, help="Write one JSON object per case (JSONL) to stdout.")
+@click.argument("input_path", metavar="[INPUT]", required=False)
+def predict(run_dir: str, role: str, constrained: bool, top: int, no_rank: bool, as_json: bool,
+            input_path: str | None) -> None:
+    """Answer new cases with a run's student: INPUT is a text file (one case per line), JSONL (id, text,
+    image), a phenopacket file or folder, or '-' / nothing for standard input."""
+    from mint_core.predict import Predictor, predictions_table
+
+    predictor = Predictor(run_dir, role=role, console=err_console)
+    cases = predictor.read(input_path)
+    err_console.print(f"predict: {len(cases)} case(s), student {role}" + (" (constrained)" if constrained else ""))
+    results = predictor.predict(cases, constrained=constrained, top=top, rank=not no_rank)
+    if as_json:
+        for prediction in results:
+            click.echo(json.dumps(prediction.to_dict()))
+        return
+    console.print(predictions_table(results, predictor.labels, top=top))
+
+
+@cli.command("export")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="A finished run directory.")
+@click.option("--role", default="orpo", show_default=True, help="Which student: an optimizer trained in the run, or base.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--merged", is_flag=True, help="The base model with the adapter merged in (plain transformers loads it).")
+@click.option("--preferences", is_flag=True, help="Export the run's preference data (TRL conversational JSONL) instead.")
+@click.option("--builder", default=None, help="With --preferences: another builder's examples (default: the run's).")
+def export_command(run_dir: str, role: str, out_dir: str, merged: bool, preferences: bool, builder: str | None) -> None:
+    """Write a run's student (LoRA adapter, or --merged model) with a model card, or its --preferences."""
+    from mint_core.export import export_model, export_preferences
+
+    if preferences:
+        if merged:
+            raise MintError("--preferences and --merged do not go together: export the data and the model separately")
+        path = export_preferences(run_dir, out_dir=out_dir, builder=builder)
+        err_console.print(f"preferences: {path} (TRL conversational format)")
+        return
+    out = export_model(run_dir, role=role, out_dir=out_dir, merged=merged, console=err_console)
+    err_console.print(f"exported {role}{' (merged)' if merged else ' adapter'}: {out} (model card {out / 'README.md'})")
 
 
 def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results", run_dir: Path | None = None) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
+from mint_core.answers import HEADER
 from mint_core.types import Case, LabelSpace, Modality, PreferenceExample, Prompt, Ranking, TaskData
 
 if TYPE_CHECKING:
@@ -53,6 +54,15 @@ class Task(ABC):
         """
         return None
 
+    def read_cases(self, *, path: Path, ctx: RunContext) -> list[Case] | None:
+        """New, unlabelled cases from a file or folder in the task's own source format (``mint predict``).
+
+        A rare-disease task reads phenopacket JSON and writes the notes exactly as ``load`` does.
+        Returned cases may have no ``label_ids``. ``None`` (the default) means this task reads no
+        such format; ``mint predict`` then accepts only text lines and JSONL.
+        """
+        return None
+
 
 class Teacher(ABC):
     """A multimodal model that ranks the whole label space for each case."""
@@ -87,6 +97,25 @@ class PreferenceBuilder(ABC):
         """Examples for the training cases (``data.split("train")``), using ``task.prompt`` for prompts."""
 
 
+@dataclass(frozen=True)
+class AnswerConstraint:
+    """What constrained generation may write: the answer format (:mod:`mint_core.answers`) listing only ``names``.
+
+    The answer is ``header()`` followed by up to ``max_items`` lines ``item(i, name)``, each name at
+    most once, then the end of the turn: nothing outside the label space can be written.
+    """
+
+    names: tuple[str, ...]
+    noun: str
+    max_items: int
+
+    def header(self) -> str:
+        return HEADER.format(noun=self.noun) + "\n"
+
+    def item(self, number: int, name: str) -> str:
+        return f"{number}. {name}\n"
+
+
 @dataclass
 class TrainResult:
     """What an optimizer leaves behind in its output directory."""
@@ -114,13 +143,35 @@ class StudentModel(ABC):
         students, the processor's image tensors.
         """
 
+    #: Whether :meth:`generate` takes ``allowed_answers`` (constrained decoding); the core passes
+    #: that keyword only to students that set this, and says so clearly otherwise.
+    supports_constrained: ClassVar[bool] = False
+
     @abstractmethod
     def generate(self, *, prompts: Sequence[Prompt], max_new_tokens: int, batch_size: int) -> list[str]:
-        """Greedy answers, one per prompt."""
+        """Greedy answers, one per prompt.
+
+        Students with ``supports_constrained`` also take ``allowed_answers: AnswerConstraint | None
+        = None``: when given, greedy decoding is restricted to that answer format and its names.
+        """
 
     @abstractmethod
     def score(self, *, prompts: Sequence[Prompt], candidates: Sequence[str], batch_size: int) -> list[list[float]]:
         """Sum of log-probabilities of each candidate answer given each prompt: ``[n_prompts][n_candidates]``."""
+
+
+    def export(self, *, out_dir: Path, merged: bool = False) -> dict[str, Any]:
+        """Write the model in Hugging Face format to ``out_dir`` (``mint export``).
+
+        ``merged=False``: the adapter (safetensors) and the tokenizer/processor. ``merged=True``: the
+        base model with the adapter merged in, loadable by ``AutoModelForCausalLM.from_pretrained``
+        (safetensors, tokenizer, chat template, generation config); the loaded model may be changed
+        in place. Returns model-card facts: ``base_model`` (hub id or path) and ``license`` when known.
+        The default raises: a student that cannot export says so.
+        """
+        from mint_core.registry import MintError
+
+        raise MintError(f"The student {type(self).__name__} cannot export models (it has no export method).")
 
 
 class Student(ABC):
@@ -153,6 +204,6 @@ class Optimizer(ABC):
 
 
 __all__ = [
-    "ExampleKind", "LabelSpace", "Optimizer", "PreferenceBuilder", "Student", "StudentModel", "Task",
+    "AnswerConstraint", "ExampleKind", "LabelSpace", "Optimizer", "PreferenceBuilder", "Student", "StudentModel", "Task",
     "Teacher", "TrainResult",
 ]

@@ -113,6 +113,9 @@ class EvalConfig:
                 "content-free (its score under the task's no-findings prompt) or none (raw log-likelihood)."})
     calibration_cases: int = field(default=100, metadata={
         "help": "Validation prompts scored for the mean calibration (the train split when there is no val)."})
+    constrained: bool = field(default=False, metadata={
+        "help": "Also generate with decoding constrained to the label names (keys c_top1, c_well_formed, ...); "
+                "needs a student that supports it (llama-text)."})
 
     def __post_init__(self) -> None:
         if self.mode not in ("generation", "ranking", "both"):
@@ -331,12 +334,18 @@ def evaluate_generation(*, student_model: StudentModel, task: Task, data: TaskDa
                         ks: Sequence[int] | None = None, batch_size: int = 8, max_new_tokens: int = 160,
                         prompts: Sequence[Prompt] | None = None, threshold: float = 0.8,
                         teacher_k: int | None = None, teacher_q: int | None = None,
-                        ctx: RunContext | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """The student writes its list for each case (``prompts`` or ``task.prompt``); see :func:`generation_metrics`."""
+                        ctx: RunContext | None = None,
+                        allowed_answers: Any = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The student writes its list for each case (``prompts`` or ``task.prompt``); see :func:`generation_metrics`.
+
+    ``allowed_answers`` (an :class:`~mint_core.components.AnswerConstraint`) constrains decoding to the label names.
+    """
     cases = list(cases)
     prompt_list = _prompts_for(task, cases, n_answers, prompts)
+    extra = {} if allowed_answers is None else {"allowed_answers": allowed_answers}
     answers = _in_chunks(prompt_list, batch_size * 4, lambda chunk: student_model.generate(
-        prompts=chunk, max_new_tokens=max_new_tokens, batch_size=batch_size), ctx, "evaluate: generate")
+        prompts=chunk, max_new_tokens=max_new_tokens, batch_size=batch_size, **extra), ctx,
+        "evaluate: generate" + (" (constrained)" if extra else ""))
     return generation_metrics(answers=answers, cases=cases, labels=data.labels, rankings=rankings,
                               n_answers=n_answers, ks=ks, threshold=threshold, teacher_k=teacher_k, teacher_q=teacher_q)
 

@@ -373,6 +373,19 @@ class Run:
                 config=dataclasses.replace(eval_cfg, max_cases=None), student_model=model, task=task, data=data,
                 rankings=rankings, n_answers=n_answers, cases=cases, prompts=prompts, ctx=self.ctx, ks=ks,
                 teacher_q=self.config["builder"].get("q") or n_answers, reference=reference)
+            if eval_cfg.constrained and eval_cfg.mode in ("generation", "both"):
+                from mint_core.predict import constrained_evaluation
+
+                answered = {row["case_id"] for row in predictions if "answer" in row}
+                generated = [c for c in cases if c.id in answered]  # the cases generation mode took
+                c_metrics, c_predictions = constrained_evaluation(
+                    student_model=model, task=task, data=data, cases=generated, rankings=rankings,
+                    n_answers=n_answers, ks=ks, eval_cfg=dataclasses.asdict(eval_cfg), prompts=None if prompts is None
+                    else [p for c, p in zip(cases, prompts) if c.id in answered], ctx=self.ctx,
+                    teacher_q=self.config["builder"].get("q") or n_answers)
+                metrics.update(c_metrics)
+                extra = {row["case_id"]: row for row in c_predictions}
+                predictions = [{**row, **extra.get(row["case_id"], {})} for row in predictions]
             metrics["seconds"] = round(time.perf_counter() - start, 1)
             io.write_jsonl(pred_path, predictions)
             io.update_json(self.run_dir / "metrics.json", role, metrics)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
-from mint_core.components import Student, StudentModel
+from mint_core.components import AnswerConstraint, Student, StudentModel
 from mint_core.registry import MintError
 from mint_core.types import Prompt
 from mint_llama import LlamaTextConfig
@@ -88,6 +88,7 @@ class LlamaTextModel(StudentModel):
     """A loaded text student. ``model`` is a ``PeftModel`` once an adapter is attached."""
 
     modality = "text"
+    supports_constrained = True
 
     def __init__(self, *, model: Any, tokenizer: Any, config: LlamaTextConfig, source: str = ""):
         self.model = model
@@ -153,7 +154,9 @@ class LlamaTextModel(StudentModel):
         return {"input_ids": ids, "prompt_length": prompt_length}
 
     # -- generation --------------------------------------------------------------------------
-    def generate(self, *, prompts: Sequence[Prompt], max_new_tokens: int, batch_size: int) -> list[str]:
+    def generate(self, *, prompts: Sequence[Prompt], max_new_tokens: int, batch_size: int,
+                 allowed_answers: AnswerConstraint | None = None) -> list[str]:
+        """Greedy answers; with ``allowed_answers``, only that answer format and its names (see :mod:`mint_llama.constrained`)."""
         from transformers import GenerationConfig
 
         gen_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -162,11 +165,22 @@ class LlamaTextModel(StudentModel):
         with self._inference():
             for chunk in _batches(list(prompts), batch_size):
                 input_ids, attention_mask = self._left_pad([self.prompt_ids(p) for p in chunk])
+                constraint = {} if allowed_answers is None else {
+                    "prefix_allowed_tokens_fn": self._answer_constraint(allowed_answers, input_ids.shape[1])}
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                          generation_config=gen_config)
+                                          generation_config=gen_config, **constraint)
                 new_tokens = out[:, input_ids.shape[1]:]
                 answers += [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         return answers
+
+    def _answer_constraint(self, allowed: AnswerConstraint, prompt_width: int):
+        from mint_llama.constrained import AnswerAutomaton, prefix_allowed_tokens_fn
+
+        cached = getattr(self, "_automaton", None)
+        if cached is None or cached.constraint != allowed:  # the tries are built once per label space
+            self._automaton = AnswerAutomaton(allowed, encode=lambda text: self.completion_ids(text, end=False),
+                                              stop_ids=[self.end_token_id, *self.stop_token_ids])
+        return prefix_allowed_tokens_fn(self._automaton, prompt_width)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(row) for row in rows)
@@ -322,6 +336,19 @@ class LlamaTextModel(StudentModel):
             if tmp.exists():
                 shutil.rmtree(tmp)
         return directory
+
+    # -- export (mint export) ---------------------------------------------------------------
+    def export(self, *, out_dir: str | Path, merged: bool = False) -> dict[str, Any]:
+        """The adapter (``merged=False``) or the merged model, Hugging Face layout, in ``out_dir``.
+
+        ``merged=True`` merges the adapter into the base weights in place (``merge_and_unload``) and
+        writes safetensors, the tokenizer with its chat template, and a generation config that stops
+        on the end-of-turn token, so ``AutoModelForCausalLM.from_pretrained(out_dir)`` + ``generate``
+        answers like this student. Returns ``base_model`` / ``license`` for the model card.
+        """
+        from mint_llama.export import export_text_student
+
+        return export_text_student(self, out_dir=Path(out_dir), merged=merged)
 
 
 def lora_layer_indices(lora_layers: int, num_layers: int) -> list[int] | None:

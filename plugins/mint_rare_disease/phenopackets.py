@@ -116,8 +116,11 @@ def _diagnoses(data: dict[str, Any]) -> list[tuple[str, str]]:
     return list(found.items())
 
 
-def parse_phenopacket(data: Any, *, source: str = "") -> Phenopacket:
-    """One phenopacket's case; raises :class:`Skip` with the reason it cannot be used."""
+def parse_phenopacket(data: Any, *, source: str = "", require_diagnosis: bool = True) -> Phenopacket:
+    """One phenopacket's case; raises :class:`Skip` with the reason it cannot be used.
+
+    ``require_diagnosis=False`` (``mint predict`` on new patients) accepts a packet without a
+    diagnosis (``disease_id`` is then empty); more than one still skips it."""
     if not isinstance(data, dict):
         raise Skip(MALFORMED, "top level is not a JSON object")
     packet_id = data.get("id")
@@ -130,7 +133,7 @@ def parse_phenopacket(data: Any, *, source: str = "") -> Phenopacket:
     if not isinstance(subject, dict):
         raise Skip(MALFORMED, "subject is not an object")
     diagnoses = _diagnoses(data)
-    if len(diagnoses) != 1:
+    if len(diagnoses) != 1 and (require_diagnosis or diagnoses):
         raise Skip(DIAGNOSIS, f"{len(diagnoses)} diagnoses")
     observed: list[tuple[str, str]] = []
     excluded: list[tuple[str, str]] = []
@@ -146,7 +149,7 @@ def parse_phenopacket(data: Any, *, source: str = "") -> Phenopacket:
     sex = subject.get("sex") if subject.get("sex") in ("FEMALE", "MALE") else None
     age_text = _age_text(subject.get("timeAtLastEncounter"))
     age = parse_iso_age(age_text) if age_text else None
-    disease_id, disease_label = diagnoses[0]
+    disease_id, disease_label = diagnoses[0] if diagnoses else ("", "")
     return Phenopacket(id=packet_id.strip(), disease_id=disease_id, disease_label=disease_label, observed=observed,
                        excluded=excluded, sex=sex, age_years=age, source=source, age_text=age_text)
 
@@ -154,7 +157,12 @@ def parse_phenopacket(data: Any, *, source: str = "") -> Phenopacket:
 def _json_members(path: Path) -> Iterator[tuple[str, bytes | None, str]]:
     """(name, bytes, "") of every ``*.json`` file under a folder or inside a zip, sorted by name;
     (name, None, why) for one that cannot be read (a corrupted zip member, an unreadable file)."""
-    if path.is_dir():
+    if path.is_file() and path.suffix == ".json":
+        try:
+            yield path.name, path.read_bytes(), ""
+        except OSError as exc:
+            yield path.name, None, f"unreadable ({exc.strerror or exc})"
+    elif path.is_dir():
         for file in sorted(path.rglob("*.json")):
             if file.is_file() and not file.name.startswith("."):
                 name = str(file.relative_to(path))
@@ -205,9 +213,10 @@ def _known_terms(packet: Phenopacket) -> list[str]:
     return dropped
 
 
-def read_phenopackets(path: str | Path, *, log: Callable[[str], None] | None = None
+def read_phenopackets(path: str | Path, *, log: Callable[[str], None] | None = None, require_diagnosis: bool = True
                       ) -> tuple[list[Phenopacket], Counter[str]]:
-    """Every usable phenopacket under ``path`` and a counter of skipped files by reason.
+    """Every usable phenopacket under ``path`` (a folder, a zip or one ``.json`` file) and a counter of
+    skipped files by reason; ``require_diagnosis`` as in :func:`parse_phenopacket`.
 
     ``log`` receives one line per skipped file (the first :data:`MAX_NAMED_SKIPS`, naming it and
     why) and a line counting dropped terms and ages (see the module docstring).
@@ -226,7 +235,7 @@ def read_phenopackets(path: str | Path, *, log: Callable[[str], None] | None = N
         try:
             if raw is None:
                 raise Skip(MALFORMED, unreadable)
-            packet = parse_phenopacket(_decode(raw), source=name)
+            packet = parse_phenopacket(_decode(raw), source=name, require_diagnosis=require_diagnosis)
             dropped_terms += [(name, term_id) for term_id in _known_terms(packet)]
             if not packet.observed:
                 raise Skip(NO_PHENOTYPES, "no observed phenotypic feature HPO knows")

@@ -206,13 +206,8 @@ class RareDiseaseTask(Task):
                 observed = [(t, label or hpo.term_name(t)) for t, label in r["observed"]]
                 excluded = [(t, label or hpo.term_name(t)) for t, label in r["excluded"]]
                 facial = [t for t, _ in observed if hpo.is_facial(t)]
-                in_notes = self._notes_terms(observed)
                 self._term_names.update(observed)
-                negated = [x for x in excluded if c.facial_terms_in_notes or not hpo.is_facial(x[0])]
-                negated = negated[:c.max_excluded_in_notes] if c.excluded_in_notes else []
-                rng = random.Random(f"notes:{seed}:{r['id']}")
-                text = write_notes(observed=[name for _, name in in_notes], excluded=[name for _, name in negated],
-                                   sex=r["sex"], age_years=r["age_years"], rng=rng)
+                text, in_notes = self._notes(r, observed, excluded, seed=seed)
                 image, image_source = self._image(r["id"], facial, photos, seed=seed, ctx=ctx)
                 n_photos += image_source == "photo"
                 meta = dict(r["meta"])
@@ -225,6 +220,42 @@ class RareDiseaseTask(Task):
                 progress.update(job, advance=1)
         if photos is not None:
             ctx.log(f"rare-disease: {n_photos} real photos from {photos}, {len(cases) - n_photos} rendered faces")
+        return cases
+
+    def _notes(self, r: dict[str, Any], observed: list[tuple[str, str]], excluded: list[tuple[str, str]], *,
+               seed: str) -> tuple[str, list[tuple[str, str]]]:
+        """The notes the student reads for record ``r``, and the terms they mention."""
+        c = self.config
+        in_notes = self._notes_terms(observed)
+        negated = [x for x in excluded if c.facial_terms_in_notes or not hpo.is_facial(x[0])]
+        negated = negated[:c.max_excluded_in_notes] if c.excluded_in_notes else []
+        rng = random.Random(f"notes:{seed}:{r['id']}")
+        text = write_notes(observed=[name for _, name in in_notes], excluded=[name for _, name in negated],
+                           sex=r["sex"], age_years=r["age_years"], rng=rng)
+        return text, in_notes
+
+    def read_cases(self, *, path: Path, ctx: RunContext) -> list[Case]:
+        """Phenopacket JSON files (one file, a folder or a zip) as cases, notes written exactly as ``load`` writes them.
+
+        A diagnosis is optional here (new patients have none); when present it becomes the case's label.
+        """
+        from mint_rare_disease.phenopackets import read_phenopackets
+
+        packets, skipped = read_phenopackets(path, require_diagnosis=False)
+        if not packets:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in skipped.items() if n) or "no *.json files"
+            raise MintError(f"{path}: no usable phenopacket ({reasons})")
+        if sum(skipped.values()):
+            ctx.log(f"rare-disease: skipped {sum(skipped.values())} files under {path}: {dict(skipped)}")
+        seed = f"{ctx.seed}:{self.config.seed}"
+        cases = []
+        for p in packets:
+            record = {"id": p.id, "sex": p.sex, "age_years": p.age_years}
+            observed = [(t, label or hpo.term_name(t)) for t, label in p.observed]
+            excluded = [(t, label or hpo.term_name(t)) for t, label in p.excluded]
+            text, _ = self._notes(record, observed, excluded, seed=seed)
+            cases.append(Case(id=p.id, label_ids=(p.disease_id,) if p.disease_id else (), split="test", text=text,
+                              meta={"source_file": p.source, "hpo_ids": [t for t, _ in observed]}))
         return cases
 
     def _image(self, case_id: str, facial: list[str], photos: Path | None, *, seed: str,
