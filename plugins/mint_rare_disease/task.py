@@ -9,6 +9,7 @@ carries information the student can only get from the teacher.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -207,7 +208,7 @@ class RareDiseaseTask(Task):
                 excluded = [(t, label or hpo.term_name(t)) for t, label in r["excluded"]]
                 facial = [t for t, _ in observed if hpo.is_facial(t)]
                 self._term_names.update(observed)
-                text, in_notes = self._notes(r, observed, excluded, seed=seed)
+                text, in_notes, negated = self._notes(r, observed, excluded, seed=seed)
                 image, image_source = self._image(r["id"], facial, photos, seed=seed, ctx=ctx)
                 n_photos += image_source == "photo"
                 meta = dict(r["meta"])
@@ -223,8 +224,8 @@ class RareDiseaseTask(Task):
         return cases
 
     def _notes(self, r: dict[str, Any], observed: list[tuple[str, str]], excluded: list[tuple[str, str]], *,
-               seed: str) -> tuple[str, list[tuple[str, str]]]:
-        """The notes the student reads for record ``r``, and the terms they mention."""
+               seed: str) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]]]:
+        """The notes the student reads for record ``r``, the terms they mention, and those they negate."""
         c = self.config
         in_notes = self._notes_terms(observed)
         negated = [x for x in excluded if c.facial_terms_in_notes or not hpo.is_facial(x[0])]
@@ -232,7 +233,7 @@ class RareDiseaseTask(Task):
         rng = random.Random(f"notes:{seed}:{r['id']}")
         text = write_notes(observed=[name for _, name in in_notes], excluded=[name for _, name in negated],
                            sex=r["sex"], age_years=r["age_years"], rng=rng)
-        return text, in_notes
+        return text, in_notes, negated
 
     def read_cases(self, *, path: Path, ctx: RunContext) -> list[Case]:
         """Phenopacket JSON files (one file, a folder or a zip) as cases, notes written exactly as ``load`` writes them.
@@ -253,7 +254,7 @@ class RareDiseaseTask(Task):
             record = {"id": p.id, "sex": p.sex, "age_years": p.age_years}
             observed = [(t, label or hpo.term_name(t)) for t, label in p.observed]
             excluded = [(t, label or hpo.term_name(t)) for t, label in p.excluded]
-            text, _ = self._notes(record, observed, excluded, seed=seed)
+            text, *_ = self._notes(record, observed, excluded, seed=seed)
             cases.append(Case(id=p.id, label_ids=(p.disease_id,) if p.disease_id else (), split="test", text=text,
                               meta={"source_file": p.source, "hpo_ids": [t for t, _ in observed]}))
         return cases
