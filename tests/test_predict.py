@@ -207,3 +207,18 @@ def test_bad_run_role_or_path_fail_clearly(run_dir, tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     packet = invoke(["predict", "--run-dir", str(run_dir), str(tmp_path / "broken.json")])
     assert packet.exit_code == 2 and "broken.json" in packet.output and "no usable phenopacket" in packet.output
+
+
+def test_jsonl_images_resolve_beside_the_file_and_must_exist(tmp_path):
+    from mint_core.predict import parse_lines
+    from mint_core.registry import MintError
+
+    (tmp_path / "tiles").mkdir()
+    (tmp_path / "tiles" / "a.png").write_bytes(b"\x89PNG")
+    (case,) = parse_lines(['{"id": "t1", "image": "tiles/a.png"}'], origin="x.jsonl", base=tmp_path, modality="image")
+    assert case.id == "t1" and case.image == str((tmp_path / "tiles" / "a.png").resolve()) and case.text is None
+    with pytest.raises(MintError, match=r"x.jsonl:1: image .*b.png does not exist"):
+        parse_lines(['{"image": "tiles/b.png"}'], origin="x.jsonl", base=tmp_path, modality="image")
+    with pytest.raises(MintError, match=r"x.jsonl:2: this task's student reads images"):
+        parse_lines(['{"image": "tiles/a.png"}', '{"text": "notes only"}'], origin="x.jsonl", base=tmp_path,
+                    modality="image")
