@@ -39,16 +39,16 @@ class GestaltNet(nn.Module):
     ``text_encoder`` is only set when the text encoder is fine-tuned; otherwise the network
     takes precomputed sentence embeddings and the checkpoint holds no text weights.
 
-    With ``prior=True`` the notes also give a per-label prior, naive Bayes log-probabilities from
-    the notes' HPO terms (cross-fitted on training cases), added to the logits with a learned scale
-    (``prior_scale``): the head then learns what the face and the notes add *beyond* the ontology,
-    instead of relearning it from a few hundred cases (an MLP given Phrank similarities as inputs
-    reached notes-only top-1 0.75 where the similarity alone gives 0.93, demo seed 0).
+    With ``prior=True`` the notes also give a per-label prior, the diseases' phenotype similarity
+    to the notes, added to the logits with a learned scale (``prior_scale``): the head then learns
+    what the face and the notes add *beyond* the ontology, instead of relearning it from a few
+    hundred cases (an MLP given the same similarities as inputs reached notes-only top-1 0.75 where
+    the similarity alone gives 0.93, demo seed 0).
     """
 
     def __init__(self, *, n_labels: int, modalities: str, text_dim: int, image_model: str, pretrained: bool,
                  embed_dim: int, hidden_dim: int, dropout: float, text_encoder: nn.Module | None = None,
-                 prior: bool = False, prior_scale: float = 1.0):
+                 prior: bool = False, prior_scale: float = 10.0):
         super().__init__()
         self.use_text, self.use_image = branches(modalities)
         if prior and self.use_text:

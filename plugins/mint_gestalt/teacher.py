@@ -39,8 +39,6 @@ from mint_gestalt.text import CachedTextEmbedder, encode, load_text_encoder
 CHECKPOINT = "gestalt.safetensors"
 META = "gestalt.json"
 TEXT_CACHE = "text_embeddings.safetensors"
-#: Folds of the cross-fitted naive Bayes prior (see ``GestaltTeacher._fit_priors``).
-PRIOR_FOLDS = 5
 #: Config fields that do not change the trained weights.
 _NOT_FINGERPRINTED = {"device", "num_threads"}
 
@@ -87,7 +85,6 @@ class _Inputs:
     texts: list[str]
     text: torch.Tensor | None  # [N, D] cached embeddings (None when fine-tuning or text unused)
     phenotype: torch.Tensor | None  # [N, V + L] the notes' phenotype features (None when off)
-    prior: torch.Tensor | None  # [N, L] naive Bayes log-probabilities of the labels from the notes' terms
     text_mask: torch.Tensor  # [N] bool
     images: torch.Tensor | None  # [N, 3, S, S] uint8
     image_mask: torch.Tensor  # [N] bool
@@ -102,7 +99,6 @@ class GestaltTeacher(Teacher):
         self._embedder: CachedTextEmbedder | None = None
         self.folds: dict[str, int] = {}  # training case id -> cross-fitting fold
         self.fold_models: dict[int, GestaltNet] = {}
-        self._prior_models: tuple[dict[str, object], object] | None = None
         self._tokenizer = None
 
     # -- setup ---------------------------------------------------------------------------------
@@ -125,38 +121,6 @@ class GestaltTeacher(Teacher):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
         held = set(order[:n_val])
         return [c for i, c in enumerate(train) if i not in held], [c for i, c in enumerate(train) if i in held]
-
-    def _fit_priors(self, data: TaskData, seed: int) -> None:
-        """Naive Bayes on the notes' terms (the ``hpo`` teacher's model) gives the logits' prior.
-
-        It is cross-fitted: a training case's prior comes from the model fitted on the other folds
-        (:data:`PRIOR_FOLDS` of them; none saw the case), every other case's from the
-        model fitted on all training cases. An in-sample prior would be near-certain on the
-        training cases and teach the head to trust it blindly.
-        """
-        from mint_hpo import HpoConfig
-        from mint_hpo.phenotype import case_terms
-        from mint_hpo.scoring import NaiveBayes
-
-        hpo = HpoConfig()
-        ids = data.labels.ids
-        train = data.split("train")
-
-        def fit(cases):
-            return NaiveBayes(ids, alpha=hpo.alpha, prior=hpo.prior).fit([(c.label_id, case_terms(c)[0]) for c in cases])
-
-        # Always PRIOR_FOLDS folds, whatever teacher.crossfit: the all-train model must not depend on it.
-        folds = assign_folds(train, PRIOR_FOLDS, seed=seed) if len(train) >= 2 * PRIOR_FOLDS else {}
-        by_fold = {fold: fit([c for c in train if folds[c.id] != fold]) for fold in sorted(set(folds.values()))}
-        self._prior_models = ({case_id: by_fold[fold] for case_id, fold in folds.items()}, fit(train))
-
-    def _prior(self, cases: Sequence[Case]) -> torch.Tensor:
-        from mint_hpo.phenotype import case_terms
-
-        own, everyone = self._prior_models
-        rows = [(own.get(case.id) or everyone).log_scores(*case_terms(case)) for case in cases]
-        scores = torch.tensor(rows, dtype=torch.float32).reshape(len(cases), len(self.meta["label_ids"]))
-        return torch.log_softmax(scores, dim=-1).clamp(min=-30.0) if len(cases) else scores
 
     def _fingerprint(self, data: TaskData, train: list[Case], val: list[Case], seed: int) -> str:
         config = {k: v for k, v in asdict(self.config).items() if k not in _NOT_FINGERPRINTED}
@@ -190,12 +154,11 @@ class GestaltTeacher(Teacher):
         text = None
         if self.use_text and not self.config.finetune_text:
             text = self._text_embedder(ctx).embed(texts, progress=progress) * text_mask.unsqueeze(-1)
-        phenotype = prior = None
+        phenotype = None
         if self.use_text and self.config.phenotype:
             from mint_gestalt.phenotype import phenotype_features
 
             phenotype = phenotype_features(cases, self.meta["phenotype_vocabulary"], self.meta["label_ids"])
-            prior = self._prior(cases)
         images, image_mask = None, torch.zeros(len(cases), dtype=torch.bool)
         if self.use_image:
             paths = []
@@ -205,7 +168,7 @@ class GestaltTeacher(Teacher):
                     raise MintError(f"Case {case.id!r}: image {case.image!r} not found at {path}")
                 paths.append(path)
             images, image_mask = load_images(paths, self.config.image_size)
-        return _Inputs(texts, text, phenotype, prior, text_mask, images, image_mask)
+        return _Inputs(texts, text, phenotype, text_mask, images, image_mask)
 
     # -- forward -------------------------------------------------------------------------------
     def _forward(self, inputs: _Inputs, idx: torch.Tensor, *, generator: torch.Generator | None = None,
@@ -231,7 +194,8 @@ class GestaltTeacher(Teacher):
             if inputs.phenotype is not None:
                 phenotype = inputs.phenotype[idx].to(device)
                 text = torch.cat([text, phenotype], dim=-1)
-                kwargs["prior"] = inputs.prior[idx].to(device)
+                # The last n_labels features are the diseases' similarities: also the logits' prior.
+                kwargs["prior"] = phenotype[:, -len(self.meta["label_ids"]):]
             kwargs.update(text=text, text_mask=text_mask)
         if self.use_image:
             images = normalize(inputs.images[idx].to(device), self.meta["image_mean"], self.meta["image_std"])
@@ -302,8 +266,6 @@ class GestaltTeacher(Teacher):
                 raise MintError(f"Case {case.id!r} has label {case.label_id!r} outside the label space")
         self.meta = {"fingerprint": fingerprint, "config": asdict(c), "label_ids": data.labels.ids,
                      "n_train": len(train), "n_val": len(val)}
-        if self.use_text and c.phenotype:
-            self._fit_priors(data, ctx.seed)
         if self.use_text and c.phenotype:
             from mint_gestalt.phenotype import vocabulary
 
@@ -448,8 +410,6 @@ class GestaltTeacher(Teacher):
             raise MintError(f"teacher gestalt: the checkpoint in {ckpt_path.parent} was trained on another label "
                             "space; delete that folder to retrain")
         self.meta = meta
-        if self.use_text and self.config.phenotype:
-            self._fit_priors(data, ctx.seed)  # deterministic: the same priors as when trained
         self.model = self._load_model(data, ctx, ckpt_path)
         self.folds = dict(meta.get("crossfit_folds") or {})
         self.fold_models = {fold: self._load_model(data, ctx, ctx.path("teacher", f"fold-{fold}.safetensors"))

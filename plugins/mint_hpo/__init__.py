@@ -19,7 +19,8 @@ class HpoConfig:
     method: str = field(default="nb", metadata={
         "help": "'nb': naive Bayes on the training cases with hpo3's annotations as prior (zero-shot when there "
                 "are none); 'phrank': zero-shot Phrank similarity only. Measured top-1 (test): hpo-sim demo seed 0 "
-                "nb 0.93, phrank 0.93; phenopackets-dev (case split) nb 0.99, phrank 0.63."})
+                "nb 0.95, phrank 0.93; phenopackets-dev nb 0.975 (case split) / 0.884 (publication split), "
+                "phrank 0.63 / 0.65."})
     alpha: float = field(default=0.1, metadata={
         "help": "nb: additive smoothing of each feature's count. Swept 0.1/0.5/1 x prior 0/1/3 on the demo and "
                 "phenopackets-dev: 0.1 with prior 1 was best on both or within 0.03."})
