@@ -65,12 +65,12 @@ def test_tiny_build_is_cached_deterministic_and_loads_like_a_checkpoint(tiny_dir
     from safetensors.torch import load_file
 
     monkeypatch.setenv("MINT_CACHE", str(tmp_path / "cache"))
-    built = Path(LlamaVisionStudent(LlamaVisionConfig()).model_path())  # model="tiny" -> built into $MINT_CACHE
+    built = Path(LlamaVisionStudent(LlamaVisionConfig(model="tiny")).model_path())  # built into $MINT_CACHE
     assert built.parent == tmp_path / "cache" / "models" and built.name == tiny_dir.name
     assert built.name.startswith("tiny-mllama-")
     assert not [p for p in built.parent.iterdir() if p.name.startswith(".")], "temporary build folder left behind"
     stamp = (built / "model.safetensors").stat().st_mtime_ns
-    assert Path(LlamaVisionStudent(LlamaVisionConfig()).model_path()) == built  # second call: no rebuild
+    assert Path(LlamaVisionStudent(LlamaVisionConfig(model="tiny")).model_path()) == built  # second call: no rebuild
     assert (built / "model.safetensors").stat().st_mtime_ns == stamp
 
     ours, theirs = load_file(built / "model.safetensors"), load_file(tiny_dir / "model.safetensors")
@@ -334,3 +334,32 @@ def test_built_student_trains_two_steps_with_each_optimizer(built_env, method, t
     trained = built_env["student"].load(ctx=built_env["ctx"], adapter_dir=result.adapter_dir).score(
         prompts=prompts[:2], candidates=candidates, batch_size=2)
     assert max(abs(a - b) for ra, rb in zip(base, trained) for a, b in zip(ra, rb)) > 1e-4
+
+
+def test_paper_config_keeps_the_11b_mllama_with_lora_only():
+    """examples/configs/paper-tissue.yaml still names Llama-3.2-11B-Vision-Instruct, and on that
+    architecture (transformers' MllamaConfig defaults, no weights) LoRA covers every language-model
+    layer, cross-attention ones included, and the projector; nothing trains in full."""
+    import re
+
+    from transformers import MllamaConfig
+
+    from mint_core.config import load_config_file, resolve
+    from mint_core.registry import get_registry
+    from mint_llama_vision import PAPER_MODEL
+    from mint_llama_vision.student import full_train_parts, lora_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = resolve(get_registry(), file=load_config_file(root / "examples" / "configs" / "paper-tissue.yaml"))
+    student = config["student"]
+    assert student["name"] == "llama-vision" and student["model"] == PAPER_MODEL
+    cfg = LlamaVisionConfig(**{k: v for k, v in student.items() if k != "name"})
+    text_config = MllamaConfig().text_config  # the 11B layout: 40 layers, cross-attention every 5th
+    assert text_config.num_hidden_layers == 40 and 3 in text_config.cross_attention_layers
+    assert full_train_parts(cfg, built=False) == []
+    lora = lora_config(cfg, text_config, built=False)
+    assert not lora.modules_to_save
+    assert re.fullmatch(lora.target_modules, "model.language_model.layers.3.cross_attn.q_proj")
+    assert re.fullmatch(lora.target_modules, "model.language_model.layers.39.mlp.down_proj")
+    assert re.fullmatch(lora.target_modules, "model.multi_modal_projector")
+    assert not re.fullmatch(lora.target_modules, "model.vision_model.transformer.layers.0.self_attn.q_proj")
