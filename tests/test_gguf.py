@@ -55,7 +55,9 @@ def write_tiny_gguf(model_dir: Path, path: Path) -> None:
     writer.add_token_list([token for token, _ in vocab])
     writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(vocab))])
     writer.add_token_merges(merges)
-    writer.add_eos_token_id(config.eos_token_id)
+    # As in SmolLM2's GGUF, the file's EOS is <|endoftext|>: the conversion must make the chat's
+    # end-of-turn <|im_end|> the EOS, or generation would never stop at the end of an answer.
+    writer.add_eos_token_id(tokenizer["model"]["vocab"]["<|endoftext|>"])
     writer.add_pad_token_id(config.pad_token_id)
     writer.add_add_bos_token(False)
 
