@@ -28,8 +28,10 @@ def tiny_student(tmp_path_factory) -> list[str]:
 
 
 def _scores(path: Path) -> dict[str, dict[str, float]]:
-    """predictions/<role>.jsonl -> case -> label -> the student's log-likelihood of answering it."""
-    return {row["case_id"]: dict(zip(row["ranked_ids"], row["scores"])) for row in io.read_jsonl(path)}
+    """predictions/<role>.jsonl -> case -> label -> the student's raw log-likelihood of answering it
+    (``label_scores``, in labels.json's order; ``scores`` are calibrated, which would subtract the shift)."""
+    ids = [label["id"] for label in io.read_json(path.parent.parent / "labels.json")]
+    return {row["case_id"]: dict(zip(ids, row["label_scores"])) for row in io.read_jsonl(path)}
 
 
 def _without_seconds(metrics: dict) -> dict:
