@@ -84,13 +84,18 @@ def test_mint_compare_fills_its_table(tiny_student, tmp_path):
     run_dir = tmp_path / "compare"
     result = invoke(["compare", "--run-dir", str(run_dir), *tiny_student, *TINY])
     assert result.exit_code == 0, result.output
-    table = io.read_json(run_dir / "comparison.json")
+    comparison = io.read_json(run_dir / "comparison.json")
+    table = comparison["metrics"]
     assert list(table) == ["teacher", "base", "rag", "sft", "dpo", "kto", "orpo"]
+    # Every student is paired with base on the same cases (and with sft, when it ran).
+    paired = {(row["role"], row["reference"]) for row in comparison["deltas"]}
+    assert {(role, "base") for role in ("rag", "sft", "dpo", "kto", "orpo")} <= paired and ("orpo", "sft") in paired
     for role in ("base", "rag", "sft", "dpo", "kto", "orpo"):
         for key in ("top1", "rank_top1", "well_formed"):
             assert isinstance(table[role].get(key), float), (role, key)
-    lines = [line.strip("|").split("|") for line in (run_dir / "comparison.md").read_text().splitlines()
-             if line.startswith("| ")]
+    text = (run_dir / "comparison.md").read_text()
+    first_table = text[text.index("\n| "):].split("\n\n")[0]  # the metrics table; the deltas follow
+    lines = [line.strip("|").split("|") for line in first_table.splitlines() if line.startswith("| ")]
     header, cells = [c.strip() for c in lines[0]], {row[0].strip(): [c.strip() for c in row[1:]] for row in lines[1:]}
     assert list(cells) == list(table)
     filled = {role: {h for h, c in zip(header[1:], row) if c != "—"} for role, row in cells.items()}

@@ -102,8 +102,10 @@ def test_cached_score_matches_naive(model):
     cached = model.score(prompts=PROMPTS, candidates=CANDIDATES, batch_size=3)
     naive = model.score_naive(prompts=PROMPTS, candidates=CANDIDATES, batch_size=2)
     assert len(cached) == len(PROMPTS) and all(len(row) == len(CANDIDATES) for row in cached)
-    diff = (torch.tensor(cached) - torch.tensor(naive)).abs().max().item()
-    assert diff <= 1e-5, diff
+    # 1e-5, widened by two float32 steps of the value: a sum near -150 has a float32 spacing of 1.5e-5,
+    # so on some CPUs (AMD EPYC here) another GEMM kernel's rounding alone exceeds a flat 1e-5.
+    assert torch.allclose(torch.tensor(cached), torch.tensor(naive), atol=1e-5, rtol=2e-7), \
+        (torch.tensor(cached) - torch.tensor(naive)).abs().max().item()
     assert all(score < 0 for row in cached for score in row)
     # Candidate batch size changes nothing, and candidates on different prompts differ.
     again = model.score(prompts=PROMPTS[:1], candidates=CANDIDATES, batch_size=1)
@@ -184,7 +186,7 @@ def test_adapter_roundtrip_gives_identical_scores(student, ctx, model, tmp_path)
     assert not torch.allclose(torch.tensor(after), torch.tensor(base), atol=1e-3)
     # The adapter's cached scoring path agrees with the naive one too.
     naive = loaded.score_naive(prompts=PROMPTS[:2], candidates=CANDIDATES, batch_size=4)
-    assert (torch.tensor(after) - torch.tensor(naive)).abs().max().item() <= 1e-5
+    assert torch.allclose(torch.tensor(after), torch.tensor(naive), atol=1e-5, rtol=2e-7)  # as above
 
     resumed = student.load(ctx=ctx, adapter_dir=adapter, trainable=True)
     assert any(p.requires_grad for p in resumed.model.parameters())
