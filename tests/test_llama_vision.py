@@ -210,9 +210,9 @@ def built_dir(text_dir, tmp_path_factory) -> Path:
     return ensure_from_text(text_dir, cache_root=tmp_path_factory.mktemp("cache"), cross_after=(1,), log=lambda _: None)
 
 
-def test_built_from_text_is_the_text_model_until_the_gates_open(text_dir, built_dir, tmp_path):
-    """Weights copied layer for layer around the inserted cross-attention layer, whose zero gates leave
-    the text model's logits unchanged; <|image|> gets one of Mllama's extra rows; the build is cached."""
+def test_built_from_text_is_the_text_model_until_trained(text_dir, built_dir, tmp_path):
+    """Weights copied layer for layer around the inserted cross-attention layer, whose zero output
+    projections leave the text model's logits unchanged; <|image|> gets one of Mllama's extra rows; the build is cached."""
     from transformers import AutoModelForCausalLM, MllamaForConditionalGeneration
 
     from mint_llama_vision.from_text import ensure_from_text
@@ -223,7 +223,9 @@ def test_built_from_text_is_the_text_model_until_the_gates_open(text_dir, built_
     lm = built.model.language_model
     assert built.config.text_config.cross_attention_layers == [2] and len(lm.layers) == 4
     assert torch.equal(lm.layers[3].mlp.down_proj.weight, text.model.layers[2].mlp.down_proj.weight)
-    assert lm.layers[2].cross_attn_attn_gate.item() == 0.0 and lm.layers[2].cross_attn_mlp_gate.item() == 0.0
+    cross_layer = lm.layers[2]  # open gates, zero output projections: identity, gradients flow
+    assert cross_layer.cross_attn_attn_gate.item() == 1.0 and cross_layer.cross_attn_mlp_gate.item() == 1.0
+    assert not cross_layer.cross_attn.o_proj.weight.any() and not cross_layer.mlp.down_proj.weight.any()
     assert is_built_from_text(built_dir) and not is_built_from_text(text_dir)
     assert built.config.image_token_index == text.config.vocab_size == built.config.text_config.vocab_size - 1
     assert built.generation_config.suppress_tokens == [built.config.image_token_index]
