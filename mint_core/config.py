@@ -159,6 +159,8 @@ def resolve(registry: Registry, *, file: Mapping[str, Any] | None = None, flags:
     explicit = _merge(file, flag_layer, overrides or {})
 
     names = _pick_names(registry, explicit)
+    if soft is not None:  # a demo run: the chosen components' own demo sizing goes over the core's
+        soft = _merge(soft, *(registry.get(kind, names[kind]).demo for kind in KINDS))
     resolved: dict[str, Any] = {"name": str(explicit.get("name") or "default"), "seed": _seed(explicit.get("seed", 0))}
     for kind in KINDS:
         spec = registry.get(kind, names[kind])

@@ -8,7 +8,7 @@ the ``mint`` entry-point group of its distribution::
 
 Each registration hook receives ``register``, a callable with this signature::
 
-    register(name, factory, *, config=None, description="", pairs_with=None)
+    register(name, factory, *, config=None, description="", pairs_with=None, demo=None)
 
 - ``name``: the component's registry name (``--teacher NAME``), unique per kind.
 - ``factory``: ``factory(config) -> component``, called only when a run uses the component.
@@ -18,6 +18,9 @@ Each registration hook receives ``register``, a callable with this signature::
 - ``description``: one line shown by ``mint plugins list``.
 - ``pairs_with``: defaults for the other sections when this component is picked explicitly,
   e.g. ``{"task": "tissue", "student": "llama-vision"}`` for a pathology teacher.
+- ``demo``: demo sizing for runs started without a config file, ``{section: {option: value}}``,
+  applied over the core's demo layer when this component is chosen (the tissue task trains its
+  vision student a fixed number of steps). Options a chosen component lacks are ignored.
 
 Hooks are called with keyword arguments only and are only ever extended: new arguments may be
 added, none removed, so a plugin written today keeps working.

@@ -61,6 +61,9 @@ class ComponentSpec:
     config: type | None = None
     description: str = ""
     pairs_with: dict[str, str] = field(default_factory=dict)
+    #: Demo sizing this component asks for (``{section: {option: value}}``), applied to runs
+    #: without a config file on top of the core's :data:`mint_core.config.DEMO_DEFAULTS`.
+    demo: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def default_config(self) -> Any:
         return self.config() if self.config is not None else None
@@ -169,7 +172,8 @@ class Registry:
 
     def _registrar(self, kind: Kind, plugin_name: str, info: PluginInfo) -> Callable[..., None]:
         def register(name: str, factory: Callable[[Any], Any], *, config: type | None = None,
-                     description: str = "", pairs_with: dict[str, str] | None = None) -> None:
+                     description: str = "", pairs_with: dict[str, str] | None = None,
+                     demo: dict[str, dict[str, Any]] | None = None) -> None:
             if config is not None and not is_dataclass(config):
                 raise TypeError(f"{kind} {name!r}: config must be a dataclass, got {config!r}")
             existing = self.components[kind].get(name)
@@ -180,7 +184,8 @@ class Registry:
                     f"Uninstall or disable one (MINT_DISABLE_PLUGINS={plugin_name}).")
             self.components[kind][name] = ComponentSpec(kind=kind, name=name, factory=factory, plugin=plugin_name,
                                                         config=config, description=description,
-                                                        pairs_with=dict(pairs_with or {}))
+                                                        pairs_with=dict(pairs_with or {}),
+                                                        demo={k: dict(v) for k, v in (demo or {}).items()})
             info.provides.append(f"{kind}:{name}")
         return register
 

@@ -91,3 +91,18 @@ def test_demo_defaults_are_the_lowest_layer_and_skip_missing_keys():
     assert full["optimizer"]["max_steps"] == -1
     rag = resolve(get_registry(), soft=DEMO_DEFAULTS, flags={"optimizer": "rag"})
     assert "max_steps" not in rag["optimizer"]  # RAG trains nothing: the demo key is not forced on it
+
+
+def test_a_chosen_components_demo_sizing_goes_over_the_core_demo_layer():
+    from mint_core.config import DEMO_DEFAULTS
+
+    registry = get_registry()
+    text = resolve(registry, flags={"optimizer": "orpo"}, soft=DEMO_DEFAULTS)
+    tissue = resolve(registry, flags={"teacher": "pathclip", "optimizer": "orpo"}, soft=DEMO_DEFAULTS)
+    assert text["optimizer"]["max_steps"] == -1 and text["student"]["lora_layers"] == 8
+    # The tissue task registers its own demo sizing; the core's other demo options still apply.
+    assert tissue["optimizer"]["max_steps"] == 40 and tissue["student"]["lora_layers"] == "auto"
+    assert tissue["optimizer"]["learning_rate"] == text["optimizer"]["learning_rate"] == 1e-3
+    # A run with a config file (no soft layer) gets neither.
+    plain = resolve(registry, flags={"teacher": "pathclip", "optimizer": "orpo"})
+    assert plain["optimizer"]["max_steps"] != 40 and plain["optimizer"]["learning_rate"] != 1e-3

@@ -40,7 +40,11 @@ class TissueConfig:
 def mint_register_tasks(register) -> None:
     register("tissue", _make_tissue, config=TissueConfig,
              description="Tissue type from an H&E tile (synthetic, image folder or PanNuke); student sees the image",
-             pairs_with={"teacher": "pathclip", "student": "llama-vision"})
+             pairs_with={"teacher": "pathclip", "student": "llama-vision"},
+             # The vision student's steps cost ~1.5 s per pair on 2 CPU cores: 40 steps x 4 pairs (one
+             # epoch of the synthetic set) is the longest that keeps the tissue demo near 10 minutes
+             # (README "The applications"); LoRA stays where the student puts it (above cross-attention).
+             demo={"optimizer": {"max_steps": 40}, "student": {"lora_layers": "auto"}})
 
 
 def _make_tissue(config: TissueConfig):
