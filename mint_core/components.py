@@ -45,8 +45,10 @@ class Task(ABC):
     def prompt(self, *, case: Case, n_answers: int) -> Prompt:
         """The student's unimodal view of ``case``: a question asking for ``n_answers`` labels."""
 
-    def content_free_prompt(self, *, n_answers: int) -> Prompt | None:
+    def content_free_prompt(self, *, n_answers: int, labels: LabelSpace | None = None) -> Prompt | None:
         """The question of :meth:`prompt` with no findings (no notes, no image), or ``None``.
+
+        ``labels`` is the run's label space, for tasks whose prompt lists the candidates.
 
         Ranking evaluation subtracts each label's score under this prompt (``eval.calibration=
         content-free``) to remove the student's prior for the label's name. ``None``: the task

@@ -388,7 +388,7 @@ def calibration_reference(*, method: str, student_model: StudentModel, task: Tas
     if method == "none":
         return reference
     candidates = ranking_candidates(task, labels)
-    content_free = task.content_free_prompt(n_answers=n_answers)
+    content_free = task.content_free_prompt(n_answers=n_answers, labels=labels)
     if content_free is not None:
         reference["content_free_scores"] = _score_prompts(student_model, [content_free], candidates, batch_size,
                                                           None, "")[0]

@@ -122,7 +122,12 @@ def test_built_in_tasks_build_a_content_free_prompt():
     # The same question and system prompt; only the findings are gone.
     assert "Patient notes: N/A" in empty.text and "arachnodactyly" not in empty.text
     assert empty.text.split("\n\n", 1)[1] == real.text.split("\n\n", 1)[1] and empty.system == real.system
+    from mint_core.types import Label, LabelSpace
+
     tissue = TissueTask()
-    assert tissue.content_free_prompt(n_answers=3).image is None
-    assert tissue.content_free_prompt(n_answers=3).text == tissue.prompt(case=Case("t", ("x",), image="a.png"),
-                                                                         n_answers=3).text
+    labels = LabelSpace([Label("ADI", "adipose"), Label("TUM", "tumour epithelium")])
+    empty = tissue.content_free_prompt(n_answers=3, labels=labels)
+    real = tissue.prompt(case=Case("t", ("ADI",), image="a.png", meta={"choices": ["adipose", "tumour epithelium"]}),
+                         n_answers=3)
+    # The candidates are listed as in a case's prompt; only the image is gone.
+    assert empty.image is None and empty.text == real.text and "tumour epithelium" in empty.text

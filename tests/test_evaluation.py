@@ -244,7 +244,7 @@ class NamePriorStudent(StudentModel):
 
 
 class NotesTask(FakeTask):
-    def content_free_prompt(self, *, n_answers):
+    def content_free_prompt(self, *, n_answers, labels=None):
         return Prompt(f"Notes: N/A\nList the {n_answers} most likely diseases.")
 
 

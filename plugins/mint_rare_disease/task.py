@@ -305,7 +305,7 @@ class RareDiseaseTask(Task):
             raise ValueError(f"case {case.id!r} has no notes: the rare-disease student reads notes only")
         return self._question(case.text, n_answers)
 
-    def content_free_prompt(self, *, n_answers: int) -> Prompt:
+    def content_free_prompt(self, *, n_answers: int, labels: LabelSpace | None = None) -> Prompt:
         """The same question about notes that say nothing ("N/A", as in Zhao et al. 2021's calibration)."""
         return self._question("N/A", n_answers)
 

@@ -136,9 +136,10 @@ class TissueTask(Task):
             text = CHOICES.format(names=", ".join(choices)) + " " + text
         return Prompt(text=text, image=case.image)
 
-    def content_free_prompt(self, *, n_answers: int) -> Prompt:
-        """The same question with no image: what the student answers from the question alone."""
-        return Prompt(text=QUESTION.format(n=n_answers))
+    def content_free_prompt(self, *, n_answers: int, labels: LabelSpace | None = None) -> Prompt:
+        """The same question, candidates listed as :meth:`prompt` lists them, with no image."""
+        meta = {"choices": [label.name for label in labels]} if labels is not None else {}
+        return Prompt(text=self.prompt(case=Case("content-free", (), meta=meta), n_answers=n_answers).text)
 
 
 def caption_mentions_label(case: Case, labels: LabelSpace) -> bool:
