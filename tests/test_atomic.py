@@ -90,10 +90,10 @@ def test_adapter_folder_swap_killed_at_the_rename_keeps_the_old_adapter(tmp_path
             raise Crash(dst)
         return real_replace(src, dst)
 
-    monkeypatch.setattr(common.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)  # the os module every writer uses
     with pytest.raises(Crash):
         common.atomic_save_adapter(model, target)
-    monkeypatch.setattr(common.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     # The adapter folder itself may be missing for an instant, never half-written: the old one is
     # kept aside under a hidden name, and the next save puts the complete new one in place.
     if target.exists():

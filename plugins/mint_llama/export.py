@@ -7,14 +7,12 @@ export never leaves a half-written model that a server would load.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mint_core.io import atomic_dir
 from mint_core.registry import MintError
 
 if TYPE_CHECKING:
@@ -50,22 +48,13 @@ def export_text_student(sm: LlamaTextModel, *, out_dir: Path, merged: bool) -> d
     base = sm.model.get_base_model() if hasattr(sm.model, "get_base_model") else sm.model
     base_folder = Path(base.name_or_path) if base.name_or_path and Path(base.name_or_path).is_dir() else None
     base_model = sm.config.model
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         if merged:
             _write_merged(sm, tmp)
         else:
             _write_adapter(sm, tmp, base_model=base_model)
         sm.tokenizer.save_pretrained(tmp)
         _ensure_chat_template(sm, tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {"base_model": base_model, "license": base_model_license(base_model, base_folder),
             "merged": merged, "end_token": sm.tokenizer.convert_ids_to_tokens(sm.end_token_id)}
 

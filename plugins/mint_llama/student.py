@@ -8,9 +8,6 @@ use: ``encode`` (token ids for training), ``generate`` (greedy answers, batched,
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -323,19 +320,12 @@ class LlamaTextModel(StudentModel):
         """Save the LoRA adapter (safetensors) and tokenizer to ``directory``, atomically (tmp dir + rename)."""
         if not hasattr(self.model, "peft_config"):
             raise MintError("This student has no adapter to save (load it with trainable=True or adapter_dir)")
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        from mint_core.io import atomic_dir
+
+        with atomic_dir(directory) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return directory
+        return Path(directory)
 
     # -- export (mint export) ---------------------------------------------------------------
     def export(self, *, out_dir: str | Path, merged: bool = False) -> dict[str, Any]:

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,28 +204,11 @@ def atomic_save_adapter(model: Any, directory: str | Path) -> Path:
 
     A reader never sees a half-written adapter: either the old folder or the complete new one.
     """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # A save killed earlier left its temporary folder, or the old adapter set aside (a kill between
-    # the two renames): both are superseded by this save, and an adapter can weigh gigabytes.
-    for stale in [*directory.parent.glob(f".{directory.name}.*.tmp"), *directory.parent.glob(f".{directory.name}.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
+    from mint_core.io import atomic_dir
+
+    with atomic_dir(directory) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    return Path(directory)
 
 
 # -- callbacks -----------------------------------------------------------------------------------
