@@ -619,11 +619,18 @@ DAMAGED_ARTIFACTS = {
     "labels.json": [("cut-off", lambda t: t[:20]), ("an-object", b'{"id": "OMIM:1"}'),
                     ("item-without-name", b'[{"id": "OMIM:154700"}]'), ("items-not-objects", b'["OMIM:154700"]')],
     "task.json": [("cut-off", lambda t: t[:10]), ("a-list", b"[]"), ("no-modality", b'{"info": {}}')],
-    "config.yaml": [("invalid-yaml", b"task: {name: [\n"), ("a-list", b"- 1\n"), ("bad-value", lambda t: t.replace(
-        "max_steps: 12", "max_steps: -7"))],
+    "config.yaml": [("invalid-yaml", b"task: {name: [\n"), ("a-list", b"- 1\n"), ("bad-value", lambda t: _replace_once(
+        t, r"max_steps: -?\d+", "max_steps: -7"))],
 }
 
 ARTIFACT_NEEDLES = {"config.yaml": ("config.yaml",)}
+
+
+def _replace_once(text: str, pattern: str, replacement: str) -> str:
+    """``text`` with ``pattern`` replaced exactly once: a damage that finds nothing to damage fails."""
+    damaged, count = re.subn(pattern, replacement, text, count=1)
+    assert count == 1, f"nothing matched {pattern!r}"
+    return damaged
 
 
 def _damaged(artifact: str, variant: str, damage, line_number: int | None = None, command: str = "prefs") -> Bad:
