@@ -62,10 +62,13 @@ def _metrics_section(all_metrics: dict[str, dict[str, Any]], role: str) -> list[
     # eval.constrained's keys (c_top1, ...) beside the free-generation ones they mirror.
     columns += [f"c_{c}" for c in columns if any(f"c_{c}" in m for m in shown.values())]
     has_ci = any(k.endswith("_ci") for m in shown.values() for k in m)
-    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name in roles_in_order(shown):
-        label = {"teacher": "teacher (multimodal, for reference)", BASE_ROLE: "base student"}.get(name, f"**{name}** (this model)")
-        lines.append(f"| {label} | " + " | ".join(_metric_cell(shown[name], c) for c in columns) + " |")
+    # One row per metric, one column per model: the card stays readable however many metrics there are.
+    models = roles_in_order(shown)
+    labels = [{"teacher": "teacher (multimodal, reference)", BASE_ROLE: "base student"}.get(name, f"**{name}** (this model)")
+              for name in models]
+    lines = ["| metric | " + " | ".join(labels) + " |", "|---" * (len(models) + 1) + "|"]
+    for column in columns:
+        lines.append(f"| {column} | " + " | ".join(_metric_cell(shown[name], column) for name in models) + " |")
     n = shown[role].get("n")
     constrained = any(c.startswith("c_") for c in columns)
     lines += ["", f"On the run's test split ({n} cases)" + (", 95% bootstrap intervals in brackets." if has_ci else

@@ -49,7 +49,10 @@ def test_adapter_export_and_model_card(run_dir, tmp_path):
         assert heading in body
     assert "not a medical device" in body and "Research use only" in body
     metrics = io.read_json(run_dir / "metrics.json")["orpo"]
-    assert f"| **orpo** (this model) | {metrics['top1']:.3f}" in body  # the run's own figures
+    header = next(line for line in body.splitlines() if line.startswith("| metric |"))
+    top1 = next(line for line in body.splitlines() if line.startswith("| top1 |"))
+    assert header.rstrip(" |").endswith("**orpo** (this model)")  # the run's own figures, last column
+    assert top1.strip(" |").split("|")[-1].strip().startswith(f"{metrics['top1']:.3f}")
 
 
 def test_model_card_shows_intervals_base_model_and_license(run_dir, tmp_path):
