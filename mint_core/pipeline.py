@@ -380,7 +380,7 @@ class Run:
                 generated = [c for c in cases if c.id in answered]  # the cases generation mode took
                 c_metrics, c_predictions = constrained_evaluation(
                     student_model=model, task=task, data=data, cases=generated, rankings=rankings,
-                    n_answers=n_answers, ks=ks, eval_cfg=dataclasses.asdict(eval_cfg), prompts=None if prompts is None
+                    n_answers=n_answers, ks=ks, eval_cfg=eval_cfg, prompts=None if prompts is None
                     else [p for c, p in zip(cases, prompts) if c.id in answered], ctx=self.ctx,
                     teacher_q=self.config["builder"].get("q") or n_answers)
                 metrics.update(c_metrics)

@@ -25,6 +25,7 @@ from rich.table import Table
 from mint_core import io
 from mint_core.components import AnswerConstraint, StudentModel, Task
 from mint_core.config import build_config, load_config_file
+from mint_core.evaluation import EvalConfig
 from mint_core.registry import MintError, Registry, get_registry
 from mint_core.types import Case, LabelSpace, Prompt
 
@@ -282,7 +283,7 @@ class Predictor:
 
 # -- eval.constrained ----------------------------------------------------------------------------
 def constrained_evaluation(*, student_model: StudentModel, task: Task, data: Any, cases: Sequence[Case],
-                           rankings: Any, n_answers: int, ks: Sequence[int], eval_cfg: dict[str, Any],
+                           rankings: Any, n_answers: int, ks: Sequence[int], eval_cfg: EvalConfig,
                            prompts: Sequence[Prompt] | None, ctx: Any,
                            teacher_q: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generation metrics with decoding constrained to the label names, keys prefixed ``c_`` (``eval.constrained``)."""
@@ -295,8 +296,8 @@ def constrained_evaluation(*, student_model: StudentModel, task: Task, data: Any
                                   noun=getattr(task, "label_noun", "labels"), max_items=n_answers)
     metrics, predictions = evaluate_generation(
         student_model=student_model, task=task, data=data, cases=cases, rankings=rankings, n_answers=n_answers, ks=ks,
-        batch_size=eval_cfg["batch_size"], max_new_tokens=eval_cfg["max_new_tokens"], prompts=prompts,
-        threshold=eval_cfg["fuzzy_threshold"], ctx=ctx, teacher_k=n_answers, teacher_q=teacher_q,
+        batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens, prompts=prompts,
+        threshold=eval_cfg.fuzzy_threshold, ctx=ctx, teacher_k=n_answers, teacher_q=teacher_q,
         allowed_answers=constraint)
     keep = ("answer", "names", "matched_ids", "well_formed", "hits", "outcomes")
     return ({f"c_{k}": v for k, v in metrics.items() if k != "n"},
