@@ -1,0 +1,155 @@
+"""The demo's training budget, measured: ORPO students trained on one run's preferences under
+several (lora_layers, epochs, learning rate) settings, each evaluated on the VALIDATION split.
+
+The demo's defaults (``mint_core.config.DEMO_DEFAULTS``) are chosen from this table; the test
+split is touched only by the final ``mint run``. Per setting: generation top-1 / top-10,
+well-formed share and hallucination on every validation case, calibrated ranking top-1 (mean
+calibration over the same validation prompts, as ``benchmarks/time_to_transfer.py``), the final
+training loss, and the training's wall and CPU seconds. Settings with the same ``lora_layers``
+share one frozen-bottom cache (it depends only on the frozen weights and the pairs), so the
+table's times are the epochs' cost; the cache build is timed once per placement and reported apart.
+
+    python benchmarks/demo_sweep.py --run-dir runs/demo --grid 4:4:1e-3,4:2:2e-3 --json
+    python benchmarks/demo_sweep.py --run-dir runs/demo --adapter old=runs/demo/students/orpo/adapter
+
+``--grid`` is ``lora_layers:epochs:lr`` items; ``--adapter NAME=DIR`` evaluates an already trained
+adapter as one more row (no training). Base is always the first row. Results are also written to
+``<run-dir>/sweep/sweep.json`` row by row, so a killed sweep keeps its finished rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from orpo_step import report  # noqa: E402
+from time_to_transfer import load_run  # noqa: E402
+
+
+def parse_grid(text: str) -> list[tuple[int, float, float]]:
+    """``"4:4:1e-3,8:2:2e-3"`` -> [(4, 4.0, 0.001), (8, 2.0, 0.002)]."""
+    items = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            layers, epochs, lr = item.split(":")
+            items.append((int(layers), float(epochs), float(lr)))
+        except ValueError:
+            raise SystemExit(f"--grid item {item!r}: expected lora_layers:epochs:lr, e.g. 4:2:2e-3") from None
+    return items
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, required=True, help="run with teach + prefs (built when missing)")
+    parser.add_argument("--grid", default="4:4:1e-3,4:2:2e-3,4:2:3e-3")
+    parser.add_argument("--adapter", action="append", default=[], help="NAME=DIR: evaluate a trained adapter too")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from mint_core import io
+    from mint_core.evaluation import calibration_reference, evaluate_generation, ranking_from_scores
+    from mint_llama import LlamaTextConfig
+    from mint_llama.student import LlamaTextStudent
+    from mint_orpo import OrpoConfig
+    from mint_orpo.optimizer import OrpoOptimizer
+
+    torch.set_num_threads(args.threads)
+    run, data, task, examples = load_run(args.run_dir)
+    val, rankings = data.split("val"), run.load_rankings()
+    n_answers, ks = run.n_answers(), run.ks(data)
+    student_section = {k: v for k, v in run.config["student"].items() if k not in ("name", "lora_layers")}
+    out_dir = args.run_dir / "sweep"
+    out_dir.mkdir(exist_ok=True)
+    saved = out_dir / "sweep.json"
+    # A re-run keeps the rows a previous (killed) sweep finished; delete sweep.json to redo them.
+    done = {row["setting"]: row for row in io.read_json(saved)["rows"]} if saved.exists() else {}
+    rows: list[dict] = []
+
+    # One cache per placement: the frozen bottom's states do not depend on epochs or learning rate.
+    caches: dict[tuple[int, int], object] = {}
+    build_seconds: dict[int, float] = {}
+
+    import mint_orpo.frozen_cache as frozen_cache_module
+
+    build_for_training = frozen_cache_module.build_for_training
+
+    def shared_cache_builder(model, features, *, depth, **kwargs):
+        key = (depth, len(features))
+        if key not in caches:
+            began = time.perf_counter()
+            caches[key] = build_for_training(model, features, depth=depth, **kwargs)
+            build_seconds[depth] = round(time.perf_counter() - began, 1)
+        return caches[key]
+
+    frozen_cache_module.build_for_training = shared_cache_builder  # build_mint_trainer imports it at call time
+
+    def evaluate_row(name: str, lora_layers: int, adapter: Path | None, extra: dict) -> None:
+        if name in done:
+            rows.append(done[name])
+            return
+        student = LlamaTextStudent(LlamaTextConfig(**student_section, lora_layers=lora_layers))
+        model = student.load(ctx=run.ctx, adapter_dir=adapter)
+        began = time.perf_counter()
+        gen, _ = evaluate_generation(student_model=model, task=task, data=data, cases=val, rankings=rankings,
+                                     n_answers=n_answers, ks=ks, batch_size=32, max_new_tokens=160)
+        reference = calibration_reference(method="mean", student_model=model, task=task, data=data,
+                                          n_answers=n_answers, batch_size=32, cases=val)
+        raw = [{"case_id": c.id, "true_label_ids": list(c.label_ids), "label_scores": s}
+               for c, s in zip(val, reference["reference_scores"])]
+        rank, _ = ranking_from_scores(predictions=raw, label_ids=data.labels.ids, vector=reference["vector"],
+                                      ks=ks, n_answers=n_answers)
+        row = {"setting": name, **extra, "val_cases": len(val),
+               "top1": round(gen["top1"], 3), "top1_ci": [round(x, 3) for x in gen["top1_ci"]],
+               f"top{ks[-1]}": round(gen[f"top{ks[-1]}"], 3), "well_formed": round(gen["well_formed"], 3),
+               "hallucination": round(gen["hallucination_rate"], 3), "rank_top1": round(rank["rank_top1"], 3),
+               "rank_top1_ci": [round(x, 3) for x in rank["rank_top1_ci"]],
+               "eval_seconds": round(time.perf_counter() - began, 1)}
+        rows.append(row)
+        io.write_json(out_dir / "sweep.json", {"rows": rows, "cache_build_seconds": build_seconds})
+        print(f"{name}: {row}", file=sys.stderr, flush=True)
+
+    evaluate_row("base", 0, None, {})
+    for item in args.adapter:
+        name, _, directory = item.partition("=")
+        evaluate_row(name, int(run.config["student"].get("lora_layers") or 0), Path(directory), {"trained": "given"})
+    for lora_layers, epochs, lr in parse_grid(args.grid):
+        name = f"L{lora_layers}-e{epochs:g}-lr{lr:g}"
+        if name in done:
+            rows.append(done[name])
+            continue
+        student = LlamaTextStudent(LlamaTextConfig(**student_section, lora_layers=lora_layers))
+        cfg = OrpoConfig(epochs=epochs, max_steps=-1, learning_rate=lr, batch_size=args.batch_size,
+                         nll_on_prompt=False, cache_frozen="auto", save_steps=10**6, seed=int(run.config["seed"]))
+        target = out_dir / name
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)  # a fresh training, never a resumed one
+        built_before = dict(build_seconds)
+        began, cpu_began = time.perf_counter(), time.process_time()
+        result = OrpoOptimizer(cfg).train(student=student, examples=examples, output_dir=target, ctx=run.ctx)
+        train_s, train_cpu = time.perf_counter() - began, time.process_time() - cpu_began
+        built_here = sum(s for d, s in build_seconds.items() if d not in built_before)
+        train_s -= built_here  # the epochs' cost; the build is reported once, in cache_build_seconds
+        evaluate_row(name, lora_layers, result.adapter_dir,
+                     {"lora_layers": lora_layers, "epochs": epochs, "lr": lr,
+                      "steps": int(result.metrics.get("global_step", 0)),
+                      "train_loss": round(result.metrics.get("train_loss", float("nan")), 4),
+                      "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu, 1)})
+    result = {"benchmark": "demo_sweep", "threads": torch.get_num_threads(), "train_pairs": len(examples),
+              "val_cases": len(val), "cache_build_seconds": build_seconds, "rows": rows,
+              "load_avg_1min": round(os.getloadavg()[0], 2)}
+    return report(result, as_json=args.json)
+
+
+if __name__ == "__main__":
+    main()
