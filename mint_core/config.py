@@ -137,8 +137,9 @@ def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
 #: must finish in minutes on 2 CPU cores. A config file, a saved run, or an override replaces them
 #: (``optimizer.max_steps=-1`` trains full epochs). Keys a component lacks are ignored.
 DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
-    # 4 epochs of the demo's 160 pairs at lr 1e-3, answer-only NLL: the budget measured to transfer
-    # (README "Demo sizing"); LoRA on the top 8 layers so epochs 2-4 reuse the frozen bottom's states.
+    # 4 epochs of the demo's 160 pairs at lr 1e-3, answer-only NLL, LoRA on the top 8 layers (epochs
+    # 2-4 reuse the frozen bottom's states): benchmarks/demo_sweep.py on the validation split, README
+    # "Demo sizing" (2 epochs at lr 2e-3 or 3e-3 left val top-10 at 0.20-0.25 against 0.60; top 4 = 0.45).
     "optimizer": {"epochs": 4, "max_steps": -1, "learning_rate": 1e-3, "batch_size": 4, "nll_on_prompt": False},
     "student": {"lora_layers": 8},
     # Every test case in both modes (hpo-sim: 60), generation capped for larger splits; see issue 10.
