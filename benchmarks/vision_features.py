@@ -17,7 +17,6 @@ classes, and a student trained for an epoch cannot recover it through a language
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("pixels", "vision", "projector"):
         result[f"{name}_probe_accuracy"] = round(probe_accuracy(train[name], train_y, test[name], test_y,
                                                                 n_classes=len(labels)), 3)
-    teacher = json.loads((run / "metrics.json").read_text()).get("teacher", {}) if (run / "metrics.json").exists() else {}
+    teacher = io.read_json(run / "metrics.json").get("teacher", {}) if (run / "metrics.json").exists() else {}
     if "top1" in teacher:
         result["teacher_top1"] = round(float(teacher["top1"]), 3)
     return report(result, as_json=args.json)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from mint_core.components import AnswerConstraint, Student, StudentModel
+from mint_core.io import atomic_dir
 from mint_core.registry import MintError
 from mint_core.types import Prompt
 from mint_llama import LlamaTextConfig
@@ -320,8 +321,6 @@ class LlamaTextModel(StudentModel):
         """Save the LoRA adapter (safetensors) and tokenizer to ``directory``, atomically (tmp dir + rename)."""
         if not hasattr(self.model, "peft_config"):
             raise MintError("This student has no adapter to save (load it with trainable=True or adapter_dir)")
-        from mint_core.io import atomic_dir
-
         with atomic_dir(directory) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)

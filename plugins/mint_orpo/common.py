@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mint_core.io import atomic_dir
+
 if TYPE_CHECKING:
     from mint_core.context import RunContext
 
@@ -204,8 +206,6 @@ def atomic_save_adapter(model: Any, directory: str | Path) -> Path:
 
     A reader never sees a half-written adapter: either the old folder or the complete new one.
     """
-    from mint_core.io import atomic_dir
-
     with atomic_dir(directory) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
     return Path(directory)
