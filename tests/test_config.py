@@ -101,8 +101,10 @@ def test_a_chosen_components_demo_sizing_goes_over_the_core_demo_layer():
     tissue = resolve(registry, flags={"teacher": "pathclip", "optimizer": "orpo"}, soft=DEMO_DEFAULTS)
     assert text["optimizer"]["max_steps"] == -1 and text["student"]["lora_layers"] == 8
     # The tissue task registers its own demo sizing; the core's other demo options still apply.
-    assert tissue["optimizer"]["max_steps"] == 40 and tissue["student"]["lora_layers"] == "auto"
-    assert tissue["optimizer"]["learning_rate"] == text["optimizer"]["learning_rate"] == 1e-3
+    assert tissue["optimizer"]["epochs"] == 6 and tissue["student"]["lora_layers"] == "auto"
+    assert tissue["optimizer"]["learning_rate"] == 2e-3 and text["optimizer"]["learning_rate"] == 1e-3
+    assert tissue["eval"]["max_new_tokens"] == 48 and tissue["eval"]["batch_size"] == text["eval"]["batch_size"]
+    assert tissue["optimizer"]["max_steps"] == -1
     # A run with a config file (no soft layer) gets neither.
     plain = resolve(registry, flags={"teacher": "pathclip", "optimizer": "orpo"})
-    assert plain["optimizer"]["max_steps"] != 40 and plain["optimizer"]["learning_rate"] != 1e-3
+    assert plain["optimizer"]["epochs"] != 6 and plain["optimizer"]["learning_rate"] != 2e-3

@@ -171,3 +171,86 @@ def test_bf16_auto_reads_cpu_flags(tmp_path, monkeypatch):
     assert common.use_bf16("false") is False and common.use_bf16("true") is True
     with pytest.raises(ValueError, match="optimizer.bf16"):
         common.use_bf16("sometimes")
+
+
+# -- vision students: the language model's layers below the first cross-attention layer are cached ----
+@pytest.fixture(scope="module")
+def vision_loaded(tmp_path_factory):
+    """A 3-text-layer Mllama built from a tiny Llama (cross-attention after text layer 1, so at index 2),
+    trainable as the default student trains (vision side in full, LoRA above), every trainable weight
+    perturbed so each one gets a gradient, and encoded image pairs."""
+    from trl.trainer.utils import disable_dropout_in_model
+
+    from mint_core.types import PreferenceExample, Prompt
+    from mint_llama.testing import build_tiny_llama
+    from mint_llama_vision import LlamaVisionConfig
+    from mint_llama_vision.from_text import ensure_from_text
+    from mint_llama_vision.student import LlamaVisionStudent
+    from mint_llama_vision.testing import write_tiny_pngs
+    from mint_orpo.optimizer import encode_pairs
+
+    root = tmp_path_factory.mktemp("vision-cache")
+    built = ensure_from_text(build_tiny_llama(root / "tiny-llama", num_layers=3), cache_root=root / "cache",
+                             cross_after=(1,), log=lambda _: None)
+    images = write_tiny_pngs(root, n=4, size=64)
+    tissues = ["breast", "colon", "kidney", "liver", "lung"]
+    rows = [PreferenceExample(case_id=f"v{i}", prompt=Prompt(text="Choose from: breast, colon, kidney, liver, lung.",
+                                                            image=image),
+                              chosen="Most likely tissue types:\n" + "\n".join(f"{j + 1}. {t}" for j, t in
+                                                                              enumerate(tissues[i:i + 1 + i % 2])),
+                              rejected=f"Most likely tissue types:\n1. {tissues[4 - i]}")
+            for i, image in enumerate(images)]
+    student = LlamaVisionStudent(LlamaVisionConfig(model=str(built), device="cpu", lora_r=4, lora_dropout=0.0))
+    torch.manual_seed(0)
+    sm = student.load(ctx=_ctx(root), trainable=True)
+    disable_dropout_in_model(sm.model)
+    with torch.no_grad():
+        for p in sm.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    return sm, encode_pairs(sm, rows, max_length=1024, max_prompt_length=768)
+
+
+def test_vision_student_caches_the_layers_below_cross_attention(vision_loaded):
+    from mint_orpo.frozen_cache import _shared_prompt_rows, cache_plan, decoder_of, decoder_slice, frozen_depth
+
+    sm, features = vision_loaded
+    decoder = decoder_of(sm.model)
+    assert decoder is sm.model.get_base_model().model.language_model
+    assert decoder.cross_attention_layers == [2] and frozen_depth(sm.model) == 2
+    assert cache_plan(sm.model, "auto", packed=True, features=features, disable_dropout=True)[0] == 2
+    # Every tile has the same prompt tokens: one shared-prompt row for the four pairs (two if rows are short).
+    rows = _shared_prompt_rows(features, row_tokens=1024)
+    assert len(rows) == 1 and [index for index, *_ in rows[0]["pairs"]] == [0, 1, 2, 3]
+    assert len(_shared_prompt_rows(features, row_tokens=len(rows[0]["ids"]) - 1)) == 2
+    with decoder_slice(decoder, 2, None):
+        assert len(decoder.layers) == 2 and decoder.cross_attention_layers == [0]
+    assert len(decoder.layers) == 4 and decoder.cross_attention_layers == [2]
+
+
+@pytest.mark.parametrize("objective,nll_on_prompt", [("orpo", False), ("orpo", True), ("dpo", False)])
+def test_vision_cached_matches_uncached(vision_loaded, objective, nll_on_prompt):
+    """Same statistics, loss and gradients (vision tower, projector and cross-attention included)."""
+    from mint_orpo.frozen_cache import FrozenBottomCache
+    from mint_orpo.packing import collate_packed, mask_kind_for
+
+    sm, features = vision_loaded
+    model = sm.model
+    kind = mask_kind_for(model)
+    cache = FrozenBottomCache.build(model, features, depth=2, mask_kind=kind, pad_id=sm.pad_token_id, batch_size=3)
+    order = [2, 0, 3]
+    batch = collate_packed([features[i] for i in order], pad_id=sm.pad_token_id, nll_on_prompt=nll_on_prompt)
+    batch["feature_index"] = torch.tensor(order)
+    try:
+        s_ref, l_ref, g_ref = _stats_and_grads(model, batch, kind, None, objective)
+        s_c, l_c, g_c = _stats_and_grads(model, batch, kind, cache, objective)
+    finally:
+        model.zero_grad()
+    assert any("vision_model" in n for n in g_ref) and any("cross_attn" in n for n in g_ref)
+    assert all(g.abs().max() > 0 for n, g in g_ref.items() if "vision_model" in n and "patch_embedding" in n)
+    for key in ("chosen_logps", "rejected_logps", "nll"):
+        torch.testing.assert_close(s_c[key], s_ref[key], atol=1e-5, rtol=1e-6)
+    assert abs(l_c.item() - l_ref.item()) < 1e-5
+    assert g_c.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g_c[name], g_ref[name], atol=1e-5, rtol=1e-4)

@@ -130,6 +130,15 @@ def test_score_with_cached_prompt_equals_naive_scoring(loaded, prompts, end):
         assert all(e < p for row_e, row_p in zip(cached, plain) for e, p in zip(row_e, row_p))
 
 
+def test_score_a_prompt_without_an_image(loaded, prompts):
+    """The content-free calibration prompt has no image: the cross-attention layers stay empty."""
+    text_only = [Prompt(text=prompts[0].text)]
+    cached = loaded.score(prompts=text_only, candidates=ANSWERS, batch_size=2)
+    naive = loaded.score(prompts=text_only, candidates=ANSWERS, batch_size=2, cached=False)
+    for c, n in zip(cached[0], naive[0]):
+        assert c < 0 and abs(c - n) <= 1e-5 * max(1.0, abs(n))
+
+
 def test_lora_targets_language_model_and_projector_only():
     pattern = lora_target_regex("all-linear", projector=True)
     import re

@@ -445,8 +445,11 @@ class LlamaVisionModel(StudentModel):
             for row, c in enumerate(chunk):
                 ids[row, :len(c)] = torch.as_tensor(c, device=self.device)
                 valid[row, :len(c)] = 1
-            # A fresh cache per chunk: decoding appends to the self-attention layers in place.
-            chunk_cache = DynamicCache([(k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:])) for k, v in layers])
+            # A fresh cache per chunk: decoding appends to the self-attention layers in place. A prompt
+            # without an image (the content-free calibration prompt) leaves the cross-attention layers
+            # empty (None): they stay empty, and Mllama skips them for the candidates too.
+            chunk_cache = DynamicCache([(None, None) if k is None else (k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:]))
+                                        for k, v in layers])
             inputs: dict[str, Any] = {
                 "input_ids": ids,
                 "attention_mask": torch.cat([valid.new_ones((n, prompt_len)), valid], dim=1),

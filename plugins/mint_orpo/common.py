@@ -67,8 +67,9 @@ class TrainingOptions:
     cache_frozen: str = field(default="auto", metadata={
         "help": "MINT's packed trainers (orpo; dpo with impl=mint): compute the frozen bottom layers' hidden states "
                 "(those below student.lora_layers) once per pair and reuse them every epoch. auto: whenever exact "
-                "(packed text pairs, dropout off, a frozen bottom); true (error if not possible); false. Costs "
-                "tokens x hidden x 4 bytes of memory (~136 MB for the demo's 160 pairs)."})
+                "(packed pairs, dropout off, a frozen bottom; for a vision student, the language-model layers below "
+                "its first cross-attention layer); true (error if not possible); false. Costs tokens x hidden x 4 "
+                "bytes of memory (~136 MB for the demo's 160 pairs, ~43 MB for the tissue demo's 168)."})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute activations in backward: less memory, ~30% slower."})
 

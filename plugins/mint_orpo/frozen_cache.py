@@ -15,6 +15,12 @@ put back where ``segment_ids`` marks real tokens (row-major order is pair by pai
 rejected, for the padded and the padding-free packed layout alike). Padding gets zeros: padding
 queries attend only to themselves and no real token attends to them.
 
+Vision students (Mllama): the language model's layers below its first cross-attention layer never
+see the image (Mllama skips a cross-attention layer's input only where it is; below it, a token's
+state is a function of the text alone), so the cache covers them too and each step runs the vision
+tower, the projector, the cross-attention layer and the layers above it. The cached depth never
+reaches the first cross-attention layer, whatever is frozen.
+
 Cost: ``tokens x hidden_size x 4`` bytes of memory (fp32), e.g. 160 pairs x ~370 tokens x 576
 (SmolLM2-135M) = ~136 MB; kept in memory, rebuilt when a run resumes.
 """
@@ -28,16 +34,22 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from mint_orpo.packing import build_pair_mask, collate_packed
+from mint_orpo.packing import SEG_PAD, SEG_PROMPT, build_pair_mask
 
 
 def decoder_of(model: Any) -> Any | None:
-    """The decoder stack (a module with ``layers``, ``norm`` and ``embed_tokens``) inside a causal LM, or ``None``."""
+    """The decoder stack (a module with ``layers``, ``norm`` and ``embed_tokens``) inside a causal LM
+    (``model.model``) or a vision-language model (``model.model.language_model``, Mllama), or ``None``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = getattr(base, "model", None)
-    if all(hasattr(decoder, name) for name in ("layers", "norm", "embed_tokens")):
-        return decoder
+    inner = getattr(base, "model", None)
+    for decoder in (inner, getattr(inner, "language_model", None)):
+        if all(hasattr(decoder, name) for name in ("layers", "norm", "embed_tokens")):
+            return decoder
     return None
+
+
+def _cross_attention_layers(decoder: Any) -> list[int]:
+    return sorted(getattr(decoder, "cross_attention_layers", None) or [])
 
 
 def _is_frozen(module: nn.Module) -> bool:
@@ -52,23 +64,35 @@ def frozen_depth(model: Any) -> int:
     decoder = decoder_of(model)
     if decoder is None or not _is_frozen(decoder.embed_tokens):
         return 0
-    for index, layer in enumerate(decoder.layers):
+    # Layers from the first cross-attention layer on depend on the image: never cached.
+    image_free = min(_cross_attention_layers(decoder) or [len(decoder.layers)])
+    for index, layer in enumerate(list(decoder.layers)[:image_free]):
         if not _is_frozen(layer):
             return index
-    return len(decoder.layers)
+    return image_free
 
 
 @contextlib.contextmanager
 def decoder_slice(decoder: Any, start: int, stop: int | None, *, final_norm: bool = True) -> Iterator[None]:
-    """Within the block the decoder runs only ``layers[start:stop]`` (and its final norm if ``final_norm``)."""
+    """Within the block the decoder runs only ``layers[start:stop]`` (and its final norm if ``final_norm``).
+
+    Mllama's decoder finds its cross-attention layers by index (``cross_attention_layers``), so those
+    indices are shifted to the slice for the block too.
+    """
     layers, norm = decoder.layers, decoder.norm
+    kept = range(len(layers))[start:stop]
+    cross = getattr(decoder, "cross_attention_layers", None)
     decoder.layers = nn.ModuleList(list(layers)[start:stop])
+    if cross is not None:
+        decoder.cross_attention_layers = [i - kept.start for i in cross if i in kept]
     if not final_norm:
         decoder.norm = nn.Identity()
     try:
         yield
     finally:
         decoder.layers, decoder.norm = layers, norm
+        if cross is not None:
+            decoder.cross_attention_layers = cross
 
 
 class FrozenBottomCache:
@@ -84,21 +108,38 @@ class FrozenBottomCache:
 
     @classmethod
     def build(cls, model: Any, features: Sequence[dict[str, Any]], *, depth: int, mask_kind: str,
-              pad_id: int = 0, batch_size: int = 8) -> FrozenBottomCache:
-        """Run the frozen bottom (embeddings + ``layers[:depth]``) once over every pair feature."""
+              pad_id: int = 0, batch_size: int = 8, row_tokens: int = 1024) -> FrozenBottomCache:
+        """Run the frozen bottom (embeddings + ``layers[:depth]``) once over every pair feature.
+
+        Pairs with the same prompt tokens share one run of that prompt: a row holds the prompt once
+        and then the answers of several pairs, each attending to the prompt and to itself only (the
+        packed layout's rule, one segment per answer; up to ``row_tokens`` tokens a row). In the
+        tissue task every tile has the same prompt text, so this runs ~40% of the tokens a row per
+        pair would; a prompt's bottom states cannot depend on the answers after it.
+        """
         decoder = decoder_of(model)
         if decoder is None or depth <= 0:
             raise ValueError("the frozen-bottom cache needs a decoder whose bottom layers carry no adapter")
         device = decoder.embed_tokens.weight.device
-        states: list[torch.Tensor] = []
+        rows = _shared_prompt_rows(features, row_tokens=row_tokens)
+        states: list[torch.Tensor | None] = [None] * len(features)
         with torch.no_grad(), decoder_slice(decoder, 0, depth, final_norm=False):
-            for start in range(0, len(features), batch_size):
-                batch = collate_packed(features[start:start + batch_size], pad_id=pad_id, nll_on_prompt=False)
-                seg = batch["segment_ids"].to(device)
-                mask = build_pair_mask(seg, kind=mask_kind, dtype=decoder.embed_tokens.weight.dtype)
-                hidden = decoder(input_ids=batch["input_ids"].to(device), attention_mask=mask,
-                                 position_ids=batch["position_ids"].to(device), use_cache=False).last_hidden_state
-                states += [hidden[row][seg[row] >= 0].float().clone() for row in range(hidden.shape[0])]
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                length = max(len(row["ids"]) for row in chunk)
+                ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
+                seg = torch.full((len(chunk), length), SEG_PAD, dtype=torch.long)
+                pos = torch.zeros((len(chunk), length), dtype=torch.long)
+                for r, row in enumerate(chunk):
+                    n = len(row["ids"])
+                    ids[r, :n], seg[r, :n], pos[r, :n] = (torch.tensor(row[k]) for k in ("ids", "seg", "pos"))
+                mask = build_pair_mask(seg.to(device), kind=mask_kind, dtype=decoder.embed_tokens.weight.dtype)
+                hidden = decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device),
+                                 use_cache=False).last_hidden_state.float()
+                for r, row in enumerate(chunk):
+                    prompt = hidden[r, :row["prompt_len"]]
+                    for index, (c0, c1), (r0, r1) in row["pairs"]:
+                        states[index] = torch.cat([prompt, hidden[r, c0:c1], hidden[r, r0:r1]]).clone()
         return cls(depth, states)
 
     def batch_states(self, segment_ids: torch.Tensor, feature_index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -121,11 +162,42 @@ class FrozenBottomCache:
             return model(**kwargs)
 
 
+def _shared_prompt_rows(features: Sequence[dict[str, Any]], *, row_tokens: int) -> list[dict[str, Any]]:
+    """Rows ``[prompt, chosen_1, rejected_1, chosen_2, ...]`` for pairs sharing a prompt.
+
+    Segment 0 is the prompt and every answer has its own segment (so :func:`build_pair_mask` lets it
+    see the prompt and itself); positions restart after the prompt for each answer, as in a pair's
+    own packed row. ``pairs`` holds (feature index, chosen span, rejected span) per pair.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, feature in enumerate(features):
+        groups.setdefault(tuple(feature["prompt_ids"]), []).append(index)
+    rows: list[dict[str, Any]] = []
+    for prompt, members in groups.items():
+        row: dict[str, Any] | None = None
+        for index in members:
+            answers = [list(features[index]["chosen_ids"]), list(features[index]["rejected_ids"])]
+            if row is None or (row["pairs"] and len(row["ids"]) + sum(map(len, answers)) > row_tokens):
+                row = {"ids": list(prompt), "seg": [SEG_PROMPT] * len(prompt), "pos": list(range(len(prompt))),
+                       "prompt_len": len(prompt), "pairs": []}
+                rows.append(row)
+            spans = []
+            for answer in answers:
+                begin, segment = len(row["ids"]), len(row["pairs"]) * 2 + len(spans) + 1
+                row["ids"] += answer
+                row["seg"] += [segment] * len(answer)
+                row["pos"] += range(len(prompt), len(prompt) + len(answer))
+                spans.append((begin, len(row["ids"])))
+            row["pairs"].append((index, *spans))
+    return rows
+
+
 def cache_plan(model: Any, option: str, *, packed: bool, features: Sequence[dict[str, Any]],
                disable_dropout: bool) -> tuple[int, str]:
     """(frozen depth to cache, 0 = no cache; reason) for the ``cache_frozen`` option: auto, true, false.
 
-    ``auto`` caches whenever it is exact: packed text pairs, at least one frozen bottom layer, dropout off.
+    ``auto`` caches whenever it is exact: packed pairs, at least one frozen bottom layer (below the first
+    cross-attention layer for a vision student), dropout off.
     """
     text = str(option).strip().lower()
     if text not in {"auto", "true", "false"}:
@@ -134,7 +206,8 @@ def cache_plan(model: Any, option: str, *, packed: bool, features: Sequence[dict
         return 0, "off"
     depth = frozen_depth(model)
     problem = ("the layout is not the packed one" if not packed else
-               "image inputs" if any(f.get("extras") for f in features) else
+               "image inputs to a model without cross-attention layers" if any(f.get("extras") for f in features)
+               and not _cross_attention_layers(decoder_of(model)) else
                "dropout is on (optimizer.disable_dropout=false)" if not disable_dropout else
                "no frozen bottom layer (set student.lora_layers to adapt only the top layers)" if depth == 0 else
                None)
