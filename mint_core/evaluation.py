@@ -362,8 +362,9 @@ def ranking_candidates(task: Task, labels: LabelSpace) -> list[str]:
 
 def _score_prompts(student_model: StudentModel, prompts: Sequence[Prompt], candidates: list[str], batch_size: int,
                    ctx: RunContext | None, description: str) -> list[list[float]]:
-    # One prompt per call: the scorer caches the prompt's keys/values and batches the candidates.
-    return _in_chunks(list(prompts), 1, lambda chunk: student_model.score(
+    # Chunks of prompts, as for generation: the scorer batches the candidates of a prompt, and a
+    # student may share work between prompts of one call (the vision student: tiles of one text).
+    return _in_chunks(list(prompts), batch_size * 4, lambda chunk: student_model.score(
         prompts=chunk, candidates=candidates, batch_size=batch_size), ctx, description)
 
 

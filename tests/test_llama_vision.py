@@ -130,6 +130,17 @@ def test_score_with_cached_prompt_equals_naive_scoring(loaded, prompts, end):
         assert all(e < p for row_e, row_p in zip(cached, plain) for e, p in zip(row_e, row_p))
 
 
+def test_score_prompts_sharing_a_text_equals_naive_scoring(loaded, prompts):
+    """Tiles with one prompt text share the image-free bottom layers; another text gets its own."""
+    mixed = [*prompts, Prompt(text="Name the tissue type of this tile.", image=prompts[1].image)]
+    shared = loaded.score(prompts=mixed, candidates=ANSWERS, batch_size=1)
+    naive = loaded.score(prompts=mixed, candidates=ANSWERS, batch_size=2, cached=False)
+    for row_s, row_n in zip(shared, naive):
+        for s, n in zip(row_s, row_n):
+            assert s < 0 and abs(s - n) <= 1e-5 * max(1.0, abs(n))
+    assert shared[1] != shared[2]  # same image, other text
+
+
 def test_score_a_prompt_without_an_image(loaded, prompts):
     """The content-free calibration prompt has no image: the cross-attention layers stay empty."""
     text_only = [Prompt(text=prompts[0].text)]

@@ -231,6 +231,22 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
+@contextmanager
+def _decoder_layers(decoder: Any, start: int, stop: int | None, *, final_norm: bool = True) -> Iterator[None]:
+    """Within the block the Mllama text decoder runs only ``layers[start:stop]`` (and its final norm
+    if ``final_norm``); its cross-attention layer indices are shifted to the slice."""
+    layers, norm, cross = decoder.layers, decoder.norm, decoder.cross_attention_layers
+    kept = range(len(layers))[start:stop]
+    decoder.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    decoder.cross_attention_layers = [i - kept.start for i in cross if i in kept]
+    if not final_norm:
+        decoder.norm = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        decoder.layers, decoder.norm, decoder.cross_attention_layers = layers, norm, cross
+
+
 def _drop_last_token(feature: dict[str, Any]) -> dict[str, Any]:
     out = dict(feature, input_ids=feature["input_ids"][:-1])
     if "cross_attention_mask" in feature:
@@ -421,11 +437,88 @@ class LlamaVisionModel(StudentModel):
         cand_ids = [self.completion_ids(c, end=end) for c in candidates]
         if any(not ids for ids in cand_ids):
             raise ValueError("score: an empty candidate has no tokens to score (pass end=True or non-empty text)")
-        scores = []
+        scores: list[list[float] | None] = [None] * len(prompts)
         with self._eval_mode():
-            for prompt in prompts:
-                scores.append(self._score_cached(self.encode(prompt=prompt), cand_ids, batch_size))
-        return scores
+            encoded = [self.encode(prompt=prompt) for prompt in prompts]
+            depth = self._image_free_depth()
+            # Prompts with the same text and an image (every tile of the tissue task) share their
+            # image-free bottom: one run of it per text for all tiles and candidates (_score_shared).
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for index, feature in enumerate(encoded):
+                if depth > 0 and "pixel_values" in feature:
+                    groups.setdefault(tuple(feature["input_ids"]), []).append(index)
+                else:
+                    scores[index] = self._score_cached(feature, cand_ids, batch_size)
+            for members in groups.values():
+                rows = self._score_shared([encoded[i] for i in members], cand_ids, depth=depth, batch_size=batch_size)
+                for index, row in zip(members, rows):
+                    scores[index] = row
+        return scores  # type: ignore[return-value]
+
+    def _image_free_depth(self) -> int:
+        """Language-model layers below the first cross-attention layer: their states never see the image."""
+        decoder = self._base().model.language_model
+        cross = sorted(getattr(decoder, "cross_attention_layers", None) or [])
+        return int(cross[0]) if cross else 0
+
+    def _score_shared(self, features: Sequence[dict[str, Any]], cand_ids: list[list[int]], *, depth: int,
+                      batch_size: int) -> list[list[float]]:
+        """Scores for prompts that differ only in their image, the bottom ``depth`` layers run once.
+
+        One row holds the prompt and every candidate after it, each candidate attending to the
+        prompt and to itself (positions continue from the prompt's, as in :meth:`_score_cached`).
+        Below the first cross-attention layer a token's state is a function of the text alone, so
+        the row's states entering layer ``depth`` serve every image; per image only the vision tower,
+        the cross-attention layer and the layers above it run, ``batch_size`` images at a time.
+        Same scores as :meth:`_score_cached` (tests); ~10x less work for SmolLM2-vision (28 of 31 layers).
+        """
+        prompt_ids = list(features[0]["input_ids"])
+        n_prompt = len(prompt_ids)
+        ids, segment, positions, starts = list(prompt_ids), [0] * n_prompt, list(range(n_prompt)), []
+        for number, c in enumerate(cand_ids, start=1):
+            starts.append(len(ids))
+            ids += c
+            segment += [number] * len(c)
+            positions += range(n_prompt, n_prompt + len(c))
+        seg = torch.as_tensor(segment, device=self.device)
+        order = torch.arange(len(ids), device=self.device)
+        allowed = (order[None, :] <= order[:, None]) & ((seg[None, :] == 0) | (seg[None, :] == seg[:, None]))
+        decoder = self._base().model.language_model
+        dtype = decoder.embed_tokens.weight.dtype
+        mask = (allowed if self._base().config._attn_implementation != "eager" else
+                torch.where(allowed, torch.zeros((), dtype=dtype), torch.finfo(dtype).min))[None, None]
+        position_ids = torch.as_tensor(positions, device=self.device)[None]
+        with _decoder_layers(decoder, 0, depth, final_norm=False):
+            bottom = decoder(input_ids=torch.as_tensor(ids, device=self.device)[None], attention_mask=mask,
+                             position_ids=position_ids, use_cache=False).last_hidden_state
+        # Logits are needed where a candidate token is predicted: the prompt's last position and each
+        # candidate's positions but its last.
+        keep = [n_prompt - 1] + [s + j for s, c in zip(starts, cand_ids) for j in range(len(c) - 1)]
+        column = {position: k for k, position in enumerate(keep)}
+        results: list[list[float]] = []
+        for chunk in _batches(features, batch_size):
+            rows = []
+            for feature in chunk:
+                prompt_mask = torch.as_tensor(feature["cross_attention_mask"], dtype=torch.long)
+                tail = prompt_mask[-1:].expand(len(ids) - n_prompt, *prompt_mask.shape[1:])
+                rows.append(dict(feature, input_ids=ids, cross_attention_mask=torch.cat([prompt_mask, tail])))
+            batch = self._to_device(self.collate(rows))
+            n = len(chunk)
+            batch.pop("input_ids")
+            batch.update(inputs_embeds=bottom.expand(n, -1, -1), attention_mask=mask.expand(n, -1, -1, -1),
+                         position_ids=position_ids.expand(n, -1), use_cache=False,
+                         logits_to_keep=torch.as_tensor(keep, device=self.device))
+            with _decoder_layers(decoder, depth, None):
+                logprobs = torch.log_softmax(self.model(**batch).logits.float(), dim=-1)
+            for row in range(n):
+                scores = []
+                for s, c in zip(starts, cand_ids):
+                    predictors = [n_prompt - 1] + [s + j for j in range(len(c) - 1)]
+                    cols = torch.as_tensor([column[p] for p in predictors], device=self.device)
+                    targets = torch.as_tensor(c, device=self.device)
+                    scores.append(float(logprobs[row, cols, targets].double().sum()))
+                results.append(scores)
+        return results
 
     def _score_cached(self, encoded: dict[str, Any], cand_ids: list[list[int]], batch_size: int) -> list[float]:
         from transformers import DynamicCache
