@@ -263,11 +263,12 @@ def compare(methods: str, seeds: str, **kwargs: Any) -> None:
     chosen = [m.strip() for m in methods.split(",") if m.strip()] or None
     results = run_comparison(mint_run, methods=chosen, explicit_overrides=kwargs.get("overrides", ()),
                              seeds=seed_list)
-    _show(results, title="MINT comparison", run_dir=mint_run.run_dir)
     from mint_core import io
     from mint_core.compare import seeds_table
 
-    seed_summary = io.read_json(mint_run.run_dir / "comparison.json").get("seeds")
+    comparison = io.read_json(mint_run.run_dir / "comparison.json")
+    _show(results, title="MINT comparison", deltas=comparison.get("deltas") or [])  # ORPO - each method too
+    seed_summary = comparison.get("seeds")
     if seed_summary:
         console.print(seeds_table(seed_summary))
 
@@ -319,16 +320,20 @@ def export_command(run_dir: str, role: str, out_dir: str, merged: bool, preferen
     err_console.print(f"exported {role}{' (merged)' if merged else ' adapter'}: {out} (model card {out / 'README.md'})")
 
 
-def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results", run_dir: Path | None = None) -> None:
-    """The closing tables (fit the terminal, at most 100 columns), then the run's paired differences (deltas.json)."""
+def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results", run_dir: Path | None = None,
+          deltas: list[dict[str, Any]] | None = None) -> None:
+    """The closing tables (fit the terminal, at most 100 columns), then the paired differences:
+    ``deltas``, else the run's ``deltas.json``."""
     from mint_core import io
     from mint_core.pipeline import TABLE_WIDTH, deltas_table, metrics_tables
 
     for table in metrics_tables(all_metrics, title=title, width=min(console.width, TABLE_WIDTH)):
         console.print(table)
     deltas_path = run_dir / "deltas.json" if run_dir is not None else None
-    if deltas_path is not None and deltas_path.exists() and io.read_json(deltas_path):
-        console.print(deltas_table(io.read_json(deltas_path)))
+    if deltas is None and deltas_path is not None and deltas_path.exists():
+        deltas = io.read_json(deltas_path)
+    if deltas:
+        console.print(deltas_table(deltas))
 
 
 def main() -> None:

@@ -3,10 +3,14 @@
 One teacher and one set of rankings serve every method; each optimizer reads the preference set
 its builder makes (topk pairs for ORPO/DPO, unpaired for KTO, supervised for SFT). DPO starts
 from the SFT adapter when both are in the grid, as the paper did. ``optimizer.key=value``
-overrides apply to every optimizer that has that option (``optimizer.max_steps=20``).
+overrides apply to every optimizer that has that option (``optimizer.max_steps=20``), except
+the learning rate of a method named in ``compare.learning_rates`` (``dpo=2e-4,kto=1e-4``): a
+comparison is fair when each method trains at its own rate, chosen on the validation split
+(``benchmarks/method_lr_sweep.py``); at ORPO's rate DPO from SFT collapses.
 
-Every method is compared with ``base`` (and ``sft``) on the same test cases: the difference, a
-paired-bootstrap 95% interval and McNemar's exact p (``comparison.md/json``, error bars in
+Every method is compared with ``base`` (and ``sft``) on the same test cases, and the run's own
+optimizer (ORPO) with every other method: the difference, a paired-bootstrap 95% interval and
+McNemar's exact p (``comparison.md/json``, error bars in
 ``comparison.png``).
 
 Seeds (``mint compare --seeds 0,1,2``): the teacher and the preference sets are those of the run's
@@ -27,8 +31,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mint_core import io
-from mint_core.config import parse_overrides
+from mint_core.config import method_learning_rates, parse_overrides
 from mint_core.pipeline import BASE_ROLE, Run, markdown_deltas, markdown_table, roles_in_order
+from mint_core.registry import MintError
 
 PAPER_ORDER = ["rag", "sft", "dpo", "kto", "orpo"]
 
@@ -58,7 +63,8 @@ def run_comparison(run: Run, *, methods: Sequence[str] | None = None, explicit_o
             runs[seed] = seed_run(run, seed)
             _compare_one_seed(runs[seed], [m for m in methods if m != BASE_ROLE], explicit_overrides)
     seed_summary = summarize_seeds(run, {s: runs[s] for s in seeds}, list(selected)) if len(seeds) > 1 else None
-    write_comparison(run, selected, run.paired_deltas(selected), seed_summary)
+    deltas = run.paired_deltas(selected, focus=run.config["optimizer"]["name"])  # + ORPO minus each method
+    write_comparison(run, selected, deltas, seed_summary)
     return selected
 
 
@@ -67,16 +73,21 @@ def _compare_one_seed(run: Run, methods: list[str], explicit_overrides: Sequence
         if method != BASE_ROLE:
             run.registry.get("optimizer", method)  # fail before any work on a typo
     shared = shared_optimizer_options(run, explicit_overrides)
+    rates = _learning_rates(run)
+
+    def section_of(method: str) -> dict[str, Any]:
+        section = run.optimizer_section(method, shared)
+        return {**section, "learning_rate": rates[method]} if method in rates else section
 
     run.teach()
     trained: list[str] = []
     for method in [m for m in methods if m != BASE_ROLE]:
-        section = run.optimizer_section(method, shared)
+        section = section_of(method)
         if method == "dpo" and "sft" in methods and "init_adapter" in _fields(run, method) and \
                 not section.get("init_adapter"):
             section = {**section, "init_adapter": str(run.student_dir("sft") / "adapter")}
         if method == "dpo" and "sft" in methods and "sft" not in trained:
-            run.train(section=run.optimizer_section("sft", shared))
+            run.train(section=section_of("sft"))
             trained.append("sft")
         if method not in trained:
             run.train(section=section)
@@ -90,10 +101,11 @@ def _compare_one_seed(run: Run, methods: list[str], explicit_overrides: Sequence
 SHARED_ARTIFACTS = ("cases.jsonl", "labels.json", "task.json", "split.json", "rankings.jsonl", "prefs_summary.json")
 
 
-def seed_run(parent: Run, seed: int) -> Run:
-    """``seeds/seed-<seed>/``: the parent's task data, rankings and preference sets, its own training seed."""
+def seed_run(parent: Run, seed: int, run_dir: Path | None = None) -> Run:
+    """``seeds/seed-<seed>/`` (or ``run_dir``): the parent's task data, rankings and preference sets,
+    its own training seed."""
     run = Run(registry=parent.registry, config={**parent.config, "seed": seed},
-              run_dir=parent.run_dir / "seeds" / f"seed-{seed}", console=parent.console)
+              run_dir=run_dir or parent.run_dir / "seeds" / f"seed-{seed}", console=parent.console)
     run.save_config()
     for name in SHARED_ARTIFACTS:
         if (parent.run_dir / name).exists():
@@ -172,6 +184,19 @@ def shared_optimizer_options(run: Run, explicit_overrides: Sequence[str] = ()) -
     shared.update(parse_overrides(list(explicit_overrides)).get("optimizer") or {})
     shared.pop("name", None)
     return shared
+
+
+def _learning_rates(run: Run) -> dict[str, float]:
+    """``compare.learning_rates`` as {method: rate}; a method that is not an installed optimizer is an error."""
+    rates = method_learning_rates((run.config.get("compare") or {}).get("learning_rates", ""))
+    for method in rates:
+        if method not in run.registry.names("optimizer"):
+            raise MintError(f"compare.learning_rates names {method!r}, which is not an installed optimizer "
+                            f"(installed: {', '.join(run.registry.names('optimizer'))})")
+        if "learning_rate" not in _fields(run, method):
+            raise MintError(f"compare.learning_rates names {method!r}, whose options have no learning_rate; "
+                            "drop it from compare.learning_rates")
+    return rates
 
 
 def _fields(run: Run, optimizer: str) -> set[str]:

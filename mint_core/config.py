@@ -10,6 +10,7 @@ A resolved configuration is a plain dict, saved as the run's ``config.yaml``::
     optimizer: {name: orpo, ...}
     student:   {name: llama-text, ...}
     eval:      {mode: generation, ...}
+    compare:   {learning_rates: ''}         # mint compare only: per-method learning rates
 
 Component names are picked first, because the options a section accepts depend on the
 component: ``teacher.epochs`` is valid for ``gestalt`` and unknown for ``predictions``.
@@ -40,7 +41,7 @@ import yaml
 
 from mint_core.registry import KINDS, MintError, Registry, suggest
 
-SECTIONS = (*KINDS, "eval")
+SECTIONS = (*KINDS, "eval", "compare")
 TOP_LEVEL = ("name", "seed")
 #: Bounds metadata keys and the comparison each stands for (see the module docstring).
 BOUNDS = {"min": (lambda v, b: v >= b, ">="), "max": (lambda v, b: v <= b, "<="),
@@ -180,7 +181,39 @@ def resolve(registry: Registry, *, file: Mapping[str, Any] | None = None, flags:
 
     eval_options = {**(soft or {}).get("eval", {}), **(explicit.get("eval") or {})}
     resolved["eval"] = config_to_dict(build_config(EvalConfig, eval_options, section="eval", component=None))
+    compare_options = {**(soft or {}).get("compare", {}), **(explicit.get("compare") or {})}
+    resolved["compare"] = config_to_dict(build_config(CompareConfig, compare_options, section="compare",
+                                                      component=None))
     return resolved
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    """``mint compare``'s own options (the ``compare`` section; ``mint run`` ignores it)."""
+
+    learning_rates: str = dataclasses.field(default="", metadata={
+        "help": "Per-method learning rates over the shared one, e.g. 'dpo=2e-4,kto=1e-4': a comparison is "
+                "fair when each method trains at its own rate, chosen on the validation split "
+                "(benchmarks/method_lr_sweep.py). Methods not named use the run's optimizer learning rate."})
+
+    def __post_init__(self) -> None:
+        method_learning_rates(self.learning_rates)  # fail at resolve time, naming the flag
+
+
+def method_learning_rates(text: str) -> dict[str, float]:
+    """``"dpo=2e-4, kto=1e-4"`` -> ``{"dpo": 0.0002, "kto": 0.0001}``; a clear error for anything else."""
+    rates: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in str(text or "").split(","))):
+        method, sep, value = item.partition("=")
+        try:
+            rate = float(value) if sep and method.strip() else float("nan")
+        except ValueError:
+            rate = float("nan")
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"compare.learning_rates item {item!r}: expected method=rate with a positive rate, "
+                             "e.g. compare.learning_rates=dpo=2e-4,kto=1e-4")
+        rates[method.strip()] = rate
+    return rates
 
 
 def _seed(value: Any) -> int:

@@ -425,9 +425,13 @@ class Run:
                             f"{role} --run-dir {self.run_dir}' again to re-evaluate it.")
         return rows
 
-    def paired_deltas(self, all_metrics: dict[str, Any]) -> list[dict[str, Any]]:
-        """Paired differences of every evaluated role from base (and sft); roles of older runs are skipped."""
-        from mint_core.evaluation import paired_comparisons
+    def paired_deltas(self, all_metrics: dict[str, Any], *, focus: str | None = None) -> list[dict[str, Any]]:
+        """Paired differences of every evaluated role from base (and sft); roles of older runs are skipped.
+
+        With ``focus`` (a role, e.g. the run's optimizer), also ``focus`` minus every other student
+        (ORPO - DPO, ORPO - RAG, ...), the differences the paper's claim is about.
+        """
+        from mint_core.evaluation import REFERENCE_ROLES, paired_comparisons
 
         predictions: dict[str, list[dict[str, Any]]] = {}
         for role in roles_in_order(all_metrics):
@@ -437,7 +441,12 @@ class Run:
                 predictions[role] = self.load_predictions(role)
             except MintError as exc:
                 self.ctx.log(f"[yellow]eval: no paired comparison for {role}: {exc}[/yellow]")
-        return paired_comparisons(predictions)
+        rows = paired_comparisons(predictions)
+        if focus in predictions:
+            for other in [r for r in predictions if r not in (focus, *REFERENCE_ROLES)]:
+                for row in paired_comparisons({focus: predictions[focus], other: predictions[other]}, references=[other]):
+                    rows.append(row)
+        return rows
 
 
 def _mtime(path: Path) -> float | None:

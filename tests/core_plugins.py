@@ -79,6 +79,7 @@ class TopBottomBuilder(PreferenceBuilder):
 @dataclass
 class CountingConfig:
     crash_after: int = field(default=-1, metadata={"help": "raise after this many examples (tests a kill)"})
+    learning_rate: float = field(default=1.0, metadata={"help": "unused by counting; compare's per-method rates set it"})
 
 
 class CountingOptimizer(Optimizer):

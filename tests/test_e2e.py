@@ -86,10 +86,14 @@ def test_mint_compare_fills_its_table(tiny_student, tmp_path):
     assert result.exit_code == 0, result.output
     comparison = io.read_json(run_dir / "comparison.json")
     table = comparison["metrics"]
-    assert list(table) == ["teacher", "base", "rag", "sft", "dpo", "kto", "orpo"]
+    # The paper's grid first; other installed optimizers (the example simpo, when installed) after it.
+    assert list(table)[:7] == ["teacher", "base", "rag", "sft", "dpo", "kto", "orpo"]
     # Every student is paired with base on the same cases (and with sft, when it ran).
     paired = {(row["role"], row["reference"]) for row in comparison["deltas"]}
     assert {(role, "base") for role in ("rag", "sft", "dpo", "kto", "orpo")} <= paired and ("orpo", "sft") in paired
+    # The claim's differences: the run's optimizer (ORPO) minus every other method.
+    assert {("orpo", other) for other in ("rag", "dpo", "kto")} <= paired
+    assert not {(role, "dpo") for role in ("rag", "kto")} & paired
     for role in ("base", "rag", "sft", "dpo", "kto", "orpo"):
         for key in ("top1", "rank_top1", "well_formed"):
             assert isinstance(table[role].get(key), float), (role, key)

@@ -111,6 +111,20 @@ def test_compare_with_seeds_shares_the_teacher_and_reports_spread(registry, tmp_
     assert bad.exit_code == 2 and "--seeds" in bad.output
 
 
+def test_compare_trains_a_method_at_its_own_learning_rate(registry, tmp_path):
+    run_dir = tmp_path / "lr"
+    args = ["compare", "--teacher", "overlap", "--methods", "base,counting", "--run-dir", str(run_dir),
+            "task.cases_per_label=6"]
+    result = invoke([*args, "compare.learning_rates=counting=0.25"])
+    assert result.exit_code == 0, result.output
+    assert io.read_json(run_dir / "students" / "counting" / "result.json")["optimizer"]["learning_rate"] == 0.25
+    assert "counting=0.25" in (run_dir / "config.yaml").read_text()  # the run records the rates it used
+    for bad, message in (("counting=fast", "compare.learning_rates item 'counting=fast'"),
+                         ("nope=1e-4", "'nope', which is not an installed optimizer")):
+        failed = invoke([*args, f"compare.learning_rates={bad}"])
+        assert failed.exit_code != 0 and message in failed.output and "Traceback" not in failed.output, failed.output
+
+
 def test_built_in_tasks_build_a_content_free_prompt():
     from mint_core.types import Case
     from mint_rare_disease.task import RareDiseaseTask
