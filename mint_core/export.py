@@ -124,7 +124,7 @@ def model_card(run: Any, *, role: str, facts: dict[str, Any], merged: bool) -> s
              f"A unimodal student LLM aligned with MINT (Multimodal INtegrated knowledge Transfer) by **{role}** on the rankings of a "
              f"multimodal teacher (`{teacher}`), for the `{task}` task: from the student's view of a case alone it "
              f"writes the most likely {noun} as a numbered list.", "",
-             f"- Base model: `{base_model}`", f"- Format: " + (
+             f"- Base model: `{base_model}`", "- Format: " + (
                  "the base model with the LoRA adapter merged in (safetensors)" if merged else
                  "a LoRA adapter (peft, safetensors) for the base model"),
              f"- Label space: {len(labels)} {noun}", f"- Seed: {config['seed']}", "",

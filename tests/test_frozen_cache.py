@@ -145,7 +145,7 @@ def test_training_with_cache_matches_without(tiny_dir, tmp_path, optimizer):
 
     results = {}
     for cache in ("false", "true"):
-        common = dict(max_steps=1, batch_size=3, learning_rate=1e-2, save_steps=100, cache_frozen=cache)
+        common = dict(max_steps=1, batch_size=3, learning_rate=1e-2, save_steps=100, cache_frozen=cache, bf16="false")
         opt = (OrpoOptimizer(OrpoConfig(**common)) if optimizer == "orpo"
                else DpoOptimizer(DpoConfig(**common, impl="mint")))
         out = tmp_path / cache

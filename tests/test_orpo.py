@@ -258,7 +258,7 @@ def _optimizer(**kw):
     from mint_orpo import OrpoConfig
     from mint_orpo.optimizer import OrpoOptimizer
 
-    base = dict(batch_size=2, max_steps=3, save_steps=2, learning_rate=1e-3, seed=0)
+    base = dict(batch_size=2, max_steps=3, save_steps=2, learning_rate=1e-3, seed=0, bf16="false")  # fp32 parity
     base.update(kw)
     return OrpoOptimizer(OrpoConfig(**base))
 
