@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mint_core import io
     from mint_core.compare import seed_run, shared_optimizer_options
-    from mint_core.evaluation import evaluate_generation
+    from mint_core.evaluation import EvalConfig, evaluate_generation
 
     torch.set_num_threads(args.threads)
     parent, data, task, _ = load_run(args.run_dir)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not val:
         raise SystemExit(f"{args.run_dir}: the task has no validation split to choose a learning rate on")
     n_answers, ks = parent.n_answers(), parent.ks(data)
-    eval_cfg = parent.config.get("eval") or {}
+    eval_cfg = EvalConfig(**parent.config["eval"])  # the run's own generation settings, as mint eval
     shared = shared_optimizer_options(parent)
     sft = parent.student_dir("sft") / "adapter"
     out = args.run_dir / "lr-sweep"
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = io.read_json(student_dir / "result.json")
         model = child.component("student").load(ctx=child.ctx, adapter_dir=Path(result["adapter_dir"]))
         gen, _ = evaluate_generation(student_model=model, task=task, data=data, cases=val, rankings=rankings,
-                                     n_answers=n_answers, ks=ks, batch_size=int(eval_cfg.get("batch_size", 8)),
-                                     max_new_tokens=int(eval_cfg.get("max_new_tokens", 160)))
+                                     n_answers=n_answers, ks=ks, batch_size=eval_cfg.batch_size,
+                                     max_new_tokens=eval_cfg.max_new_tokens)
         top = f"top{ks[-1]}"
         rows.append({"lr": lr, "val_cases": len(val), "top1": round(gen["top1"], 3),
                      "top1_ci": [round(x, 3) for x in gen["top1_ci"]], top: round(gen[top], 3),

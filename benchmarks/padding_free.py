@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     from mint_llama.student import LlamaTextStudent
     from mint_orpo.loss import orpo_loss
     from mint_orpo.optimizer import encode_pairs
-    from mint_orpo.packing import attention_weight, collate_packed, forward_pairs, layout_costs, mask_kind_for
+    from mint_core.decoder import mask_kind_for
+    from mint_orpo.packing import attention_weight, collate_packed, forward_pairs, layout_costs
 
     torch.set_num_threads(args.threads)
     ctx = RunContext(run_dir=Path(tempfile.mkdtemp()), seed=args.seed, console=Console(stderr=True, quiet=True))

@@ -444,8 +444,7 @@ class Run:
         rows = paired_comparisons(predictions)
         if focus in predictions:
             for other in [r for r in predictions if r not in (focus, *REFERENCE_ROLES)]:
-                for row in paired_comparisons({focus: predictions[focus], other: predictions[other]}, references=[other]):
-                    rows.append(row)
+                rows += paired_comparisons({focus: predictions[focus], other: predictions[other]}, references=[other])
         return rows
 
 

@@ -78,7 +78,8 @@ def _stats_and_grads(model, batch, kind, cache, objective):
 @pytest.mark.parametrize("objective,nll_on_prompt", [("orpo", True), ("orpo", False), ("dpo", False)])
 def test_cached_matches_uncached(top_loaded, attn, padding_free, objective, nll_on_prompt):
     from mint_orpo.frozen_cache import FrozenBottomCache
-    from mint_orpo.packing import collate_packed, mask_kind_for
+    from mint_core.decoder import mask_kind_for
+    from mint_orpo.packing import collate_packed
 
     sm, features = top_loaded
     model = sm.model
@@ -213,7 +214,8 @@ def vision_loaded(tmp_path_factory):
 
 
 def test_vision_student_caches_the_layers_below_cross_attention(vision_loaded):
-    from mint_orpo.frozen_cache import _shared_prompt_rows, cache_plan, decoder_of, decoder_slice, frozen_depth
+    from mint_core.decoder import decoder_of, decoder_slice
+    from mint_orpo.frozen_cache import _shared_prompt_rows, cache_plan, frozen_depth
 
     sm, features = vision_loaded
     decoder = decoder_of(sm.model)
@@ -233,7 +235,8 @@ def test_vision_student_caches_the_layers_below_cross_attention(vision_loaded):
 def test_vision_cached_matches_uncached(vision_loaded, objective, nll_on_prompt):
     """Same statistics, loss and gradients (vision tower, projector and cross-attention included)."""
     from mint_orpo.frozen_cache import FrozenBottomCache
-    from mint_orpo.packing import collate_packed, mask_kind_for
+    from mint_core.decoder import mask_kind_for
+    from mint_orpo.packing import collate_packed
 
     sm, features = vision_loaded
     model = sm.model

@@ -84,7 +84,8 @@ def loaded(tiny_dir, tmp_path_factory):
 @pytest.mark.parametrize("nll_on_prompt", [True, False])
 def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
     from mint_orpo.loss import orpo_loss
-    from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, mask_kind_for
+    from mint_core.decoder import mask_kind_for
+    from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs
 
     sm, features = loaded
     model = sm.model
@@ -152,7 +153,8 @@ def test_packed_statistics_match_an_independent_per_sequence_reference(loaded, n
 
     from mint_orpo.dpo import dpo_loss
     from mint_orpo.loss import orpo_loss
-    from mint_orpo.packing import collate_packed, forward_pairs, mask_kind_for
+    from mint_core.decoder import mask_kind_for
+    from mint_orpo.packing import collate_packed, forward_pairs
 
     sm, features = loaded
     model, batch, beta = sm.model, features[:4], 0.1
@@ -207,7 +209,8 @@ def test_packed_statistics_match_an_independent_per_sequence_reference(loaded, n
 
 
 def test_packed_mask_layout():
-    from mint_orpo.packing import build_pair_mask, collate_packed
+    from mint_core.decoder import build_pair_mask
+    from mint_orpo.packing import collate_packed
 
     feats = [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
              {"prompt_ids": [1, 2], "chosen_ids": [4], "rejected_ids": [6, 7, 8]}]
@@ -235,7 +238,8 @@ def test_loss_matches_trl(loaded, tmp_path):
     from mint_orpo import OrpoConfig
     from mint_orpo.common import training_arguments_kwargs
     from mint_orpo.loss import orpo_loss
-    from mint_orpo.packing import collate_packed, forward_pairs, mask_kind_for
+    from mint_core.decoder import mask_kind_for
+    from mint_orpo.packing import collate_packed, forward_pairs
     from mint_orpo.trl_impl import build_trl_trainer, to_trl_row
 
     sm, features = loaded

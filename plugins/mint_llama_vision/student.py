@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from mint_core.components import Student, StudentModel
+from mint_core.decoder import build_pair_mask, cross_attention_layers, decoder_of, decoder_slice, mask_kind_for
 from mint_core.registry import MintError
 from mint_core.types import Prompt
 from mint_llama.student import pick_device, pick_dtype, require_4bit  # shared with the text student
@@ -231,22 +232,6 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
-@contextmanager
-def _decoder_layers(decoder: Any, start: int, stop: int | None, *, final_norm: bool = True) -> Iterator[None]:
-    """Within the block the Mllama text decoder runs only ``layers[start:stop]`` (and its final norm
-    if ``final_norm``); its cross-attention layer indices are shifted to the slice."""
-    layers, norm, cross = decoder.layers, decoder.norm, decoder.cross_attention_layers
-    kept = range(len(layers))[start:stop]
-    decoder.layers = torch.nn.ModuleList(list(layers)[start:stop])
-    decoder.cross_attention_layers = [i - kept.start for i in cross if i in kept]
-    if not final_norm:
-        decoder.norm = torch.nn.Identity()
-    try:
-        yield
-    finally:
-        decoder.layers, decoder.norm, decoder.cross_attention_layers = layers, norm, cross
-
-
 def _drop_last_token(feature: dict[str, Any]) -> dict[str, Any]:
     out = dict(feature, input_ids=feature["input_ids"][:-1])
     if "cross_attention_mask" in feature:
@@ -457,8 +442,7 @@ class LlamaVisionModel(StudentModel):
 
     def _image_free_depth(self) -> int:
         """Language-model layers below the first cross-attention layer: their states never see the image."""
-        decoder = self._base().model.language_model
-        cross = sorted(getattr(decoder, "cross_attention_layers", None) or [])
+        cross = cross_attention_layers(decoder_of(self.model))
         return int(cross[0]) if cross else 0
 
     def _score_shared(self, features: Sequence[dict[str, Any]], cand_ids: list[list[int]], *, depth: int,
@@ -480,21 +464,23 @@ class LlamaVisionModel(StudentModel):
             ids += c
             segment += [number] * len(c)
             positions += range(n_prompt, n_prompt + len(c))
-        seg = torch.as_tensor(segment, device=self.device)
-        order = torch.arange(len(ids), device=self.device)
-        allowed = (order[None, :] <= order[:, None]) & ((seg[None, :] == 0) | (seg[None, :] == seg[:, None]))
-        decoder = self._base().model.language_model
-        dtype = decoder.embed_tokens.weight.dtype
-        mask = (allowed if self._base().config._attn_implementation != "eager" else
-                torch.where(allowed, torch.zeros((), dtype=dtype), torch.finfo(dtype).min))[None, None]
+        decoder = decoder_of(self.model)
+        # The packed layout's mask (segment 0 = the prompt, one segment per candidate); sdpa takes it
+        # as bool, eager as additive.
+        mask = build_pair_mask(torch.as_tensor([segment], device=self.device), kind=mask_kind_for(self._base()) or "bool",
+                               dtype=decoder.embed_tokens.weight.dtype)
         position_ids = torch.as_tensor(positions, device=self.device)[None]
-        with _decoder_layers(decoder, 0, depth, final_norm=False):
+        with decoder_slice(decoder, 0, depth, final_norm=False):
             bottom = decoder(input_ids=torch.as_tensor(ids, device=self.device)[None], attention_mask=mask,
                              position_ids=position_ids, use_cache=False).last_hidden_state
         # Logits are needed where a candidate token is predicted: the prompt's last position and each
-        # candidate's positions but its last.
-        keep = [n_prompt - 1] + [s + j for s, c in zip(starts, cand_ids) for j in range(len(c) - 1)]
-        column = {position: k for k, position in enumerate(keep)}
+        # candidate's positions but its last. Candidate i reads kept columns 0 and its own run, the
+        # same for every tile.
+        keep, columns = [n_prompt - 1], []
+        for s, c in zip(starts, cand_ids):
+            columns.append(torch.as_tensor([0, *range(len(keep), len(keep) + len(c) - 1)], device=self.device))
+            keep += [s + j for j in range(len(c) - 1)]
+        targets = [torch.as_tensor(c, device=self.device) for c in cand_ids]
         results: list[list[float]] = []
         for chunk in _batches(features, batch_size):
             rows = []
@@ -508,16 +494,11 @@ class LlamaVisionModel(StudentModel):
             batch.update(inputs_embeds=bottom.expand(n, -1, -1), attention_mask=mask.expand(n, -1, -1, -1),
                          position_ids=position_ids.expand(n, -1), use_cache=False,
                          logits_to_keep=torch.as_tensor(keep, device=self.device))
-            with _decoder_layers(decoder, depth, None):
+            with decoder_slice(decoder, depth, None):
                 logprobs = torch.log_softmax(self.model(**batch).logits.float(), dim=-1)
             for row in range(n):
-                scores = []
-                for s, c in zip(starts, cand_ids):
-                    predictors = [n_prompt - 1] + [s + j for j in range(len(c) - 1)]
-                    cols = torch.as_tensor([column[p] for p in predictors], device=self.device)
-                    targets = torch.as_tensor(c, device=self.device)
-                    scores.append(float(logprobs[row, cols, targets].double().sum()))
-                results.append(scores)
+                results.append([float(logprobs[row, cols, target].double().sum())
+                                for cols, target in zip(columns, targets)])
         return results
 
     def _score_cached(self, encoded: dict[str, Any], cand_ids: list[list[int]], batch_size: int) -> list[float]:

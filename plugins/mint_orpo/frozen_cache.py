@@ -27,29 +27,14 @@ Cost: ``tokens x hidden_size x 4`` bytes of memory (fp32), e.g. 160 pairs x ~370
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from mint_core.decoder import cross_attention_layers, decoder_of, decoder_slice
 from mint_orpo.packing import SEG_PAD, SEG_PROMPT, build_pair_mask
-
-
-def decoder_of(model: Any) -> Any | None:
-    """The decoder stack (a module with ``layers``, ``norm`` and ``embed_tokens``) inside a causal LM
-    (``model.model``) or a vision-language model (``model.model.language_model``, Mllama), or ``None``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(base, "model", None)
-    for decoder in (inner, getattr(inner, "language_model", None)):
-        if all(hasattr(decoder, name) for name in ("layers", "norm", "embed_tokens")):
-            return decoder
-    return None
-
-
-def _cross_attention_layers(decoder: Any) -> list[int]:
-    return sorted(getattr(decoder, "cross_attention_layers", None) or [])
 
 
 def _is_frozen(module: nn.Module) -> bool:
@@ -65,34 +50,11 @@ def frozen_depth(model: Any) -> int:
     if decoder is None or not _is_frozen(decoder.embed_tokens):
         return 0
     # Layers from the first cross-attention layer on depend on the image: never cached.
-    image_free = min(_cross_attention_layers(decoder) or [len(decoder.layers)])
+    image_free = min(cross_attention_layers(decoder) or [len(decoder.layers)])
     for index, layer in enumerate(list(decoder.layers)[:image_free]):
         if not _is_frozen(layer):
             return index
     return image_free
-
-
-@contextlib.contextmanager
-def decoder_slice(decoder: Any, start: int, stop: int | None, *, final_norm: bool = True) -> Iterator[None]:
-    """Within the block the decoder runs only ``layers[start:stop]`` (and its final norm if ``final_norm``).
-
-    Mllama's decoder finds its cross-attention layers by index (``cross_attention_layers``), so those
-    indices are shifted to the slice for the block too.
-    """
-    layers, norm = decoder.layers, decoder.norm
-    kept = range(len(layers))[start:stop]
-    cross = getattr(decoder, "cross_attention_layers", None)
-    decoder.layers = nn.ModuleList(list(layers)[start:stop])
-    if cross is not None:
-        decoder.cross_attention_layers = [i - kept.start for i in cross if i in kept]
-    if not final_norm:
-        decoder.norm = nn.Identity()
-    try:
-        yield
-    finally:
-        decoder.layers, decoder.norm = layers, norm
-        if cross is not None:
-            decoder.cross_attention_layers = cross
 
 
 class FrozenBottomCache:
@@ -207,7 +169,7 @@ def cache_plan(model: Any, option: str, *, packed: bool, features: Sequence[dict
     depth = frozen_depth(model)
     problem = ("the layout is not the packed one" if not packed else
                "image inputs to a model without cross-attention layers" if any(f.get("extras") for f in features)
-               and not _cross_attention_layers(decoder_of(model)) else
+               and not cross_attention_layers(decoder_of(model)) else
                "dropout is on (optimizer.disable_dropout=false)" if not disable_dropout else
                "no frozen bottom layer (set student.lora_layers to adapt only the top layers)" if depth == 0 else
                None)

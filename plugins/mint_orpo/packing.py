@@ -45,8 +45,10 @@ from typing import Any, Sequence
 
 import torch
 
+from mint_core.decoder import SEG_PAD, SEG_PROMPT, build_pair_mask
+
 KIND_PROMPT, KIND_CHOSEN, KIND_REJECTED = 0, 1, 2
-SEG_PAD, SEG_PROMPT, SEG_CHOSEN, SEG_REJECTED = -1, 0, 1, 2
+SEG_CHOSEN, SEG_REJECTED = 1, 2  # SEG_PAD = -1 and SEG_PROMPT = 0 live in mint_core.decoder
 
 # Extras whose second dimension runs along the token sequence (padded with zeros, not stacked as is).
 SEQUENCE_EXTRAS = {"cross_attention_mask"}
@@ -280,43 +282,9 @@ def _collate_two_sequence_flat(features: Sequence[dict[str, Any]], seqs: list[li
     return out
 
 
-def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype = torch.float32,
-                    pair_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """The ``[B, 1, L, L]`` attention mask of the packed layout from ``segment_ids`` ``[B, L]``.
-
-    ``kind="bool"`` (True = attend; for sdpa) or ``"additive"`` (0 / dtype min; for eager). A query
-    sees a key when both are real tokens of the same pair (``pair_ids``, padding-free rows), the key
-    is not later, and the key is in the prompt or in the query's own segment. Padding queries see
-    themselves only, so no softmax row is empty (NaN).
-    """
-    seg = segment_ids.long()
-    length = seg.shape[1]
-    idx = torch.arange(length, device=seg.device)
-    causal = idx[None, :] <= idx[:, None]  # [L(q), L(k)]
-    q, k = seg[:, :, None], seg[:, None, :]
-    allowed = causal[None] & (q >= 0) & (k >= 0) & ((k == SEG_PROMPT) | (k == q))
-    if pair_ids is not None:
-        allowed = allowed & (pair_ids[:, :, None] == pair_ids[:, None, :])
-    allowed = allowed | (torch.eye(length, dtype=torch.bool, device=seg.device)[None] & (q < 0))
-    allowed = allowed[:, None]
-    if kind == "bool":
-        return allowed
-    if kind == "additive":
-        zero = torch.zeros((), dtype=dtype, device=seg.device)
-        return torch.where(allowed, zero, torch.finfo(dtype).min)
-    raise ValueError(f"mask kind {kind!r}: use 'bool' or 'additive'")
-
-
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "n_chosen", "n_rejected", "n_nll", "segment_ids",
                "pair_ids", "logits_to_keep", "feature_index")
-
-
-def mask_kind_for(model: Any) -> str | None:
-    """The 4D mask form this model's attention takes (``bool`` sdpa, ``additive`` eager), or ``None`` if none."""
-    config = getattr(model, "config", None)
-    impl = getattr(config, "_attn_implementation", None) if config is not None else None
-    return {"sdpa": "bool", "eager": "additive"}.get(impl or "")
 
 
 def varlen_attention(model: Any) -> bool:
@@ -395,7 +363,7 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
                   frozen_cache: Any = None) -> dict[str, torch.Tensor]:
     """Run ``model`` on a collated batch (either layout) and return :func:`pair_statistics`.
 
-    The packed layout (``segment_ids`` present) needs ``mask_kind`` (see :func:`mask_kind_for`).
+    The packed layout (``segment_ids`` present) needs ``mask_kind`` (see :func:`mint_core.decoder.mask_kind_for`).
     ``frozen_cache`` (a :class:`mint_orpo.frozen_cache.FrozenBottomCache`; packed batches carrying
     ``feature_index``) replaces the frozen bottom layers' forward by the cached states.
     """

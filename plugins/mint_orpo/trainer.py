@@ -15,10 +15,9 @@ from typing import Any, Sequence
 import torch
 from transformers import Trainer
 
+from mint_core.decoder import mask_kind_for
 from mint_orpo.loss import orpo_loss
-from mint_orpo.packing import (
-    collate_packed, collate_two_sequence, forward_pairs, layout_costs, mask_kind_for, varlen_attention,
-)
+from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, layout_costs, varlen_attention
 
 
 @dataclass
