@@ -313,7 +313,7 @@ def test_full_train_and_lora_layers_options_are_checked(built_env):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["orpo", "dpo", "dpo-trl", "kto", "sft"])
+@pytest.mark.parametrize("method", ["orpo", "dpo", "dpo-trl", "kto", "kto-trl", "sft"])
 def test_built_student_trains_two_steps_with_each_optimizer(built_env, method, tmp_path):
     """MINT's packed ORPO and DPO and TRL's DPO, KTO and SFT train the built student; the saved adapter
     holds the fully trained vision side and changes the answers' scores."""
@@ -328,7 +328,7 @@ def test_built_student_trains_two_steps_with_each_optimizer(built_env, method, t
     rows = []
     for i, prompt in enumerate(prompts):
         good, bad = format_answer(tissues[i:i + 2], noun="tissue types"), format_answer([tissues[4 - i]], noun="tissue types")
-        if method == "kto":
+        if method.startswith("kto"):
             rows += [PreferenceExample(case_id=f"v{i}", prompt=prompt, kind="unpaired", completion=good, label=True),
                      PreferenceExample(case_id=f"v{i}", prompt=prompt, kind="unpaired", completion=bad, label=False)]
         elif method == "sft":
@@ -340,8 +340,10 @@ def test_built_student_trains_two_steps_with_each_optimizer(built_env, method, t
         optimizer = OrpoOptimizer(OrpoConfig(**options))
     elif method.startswith("dpo"):
         optimizer = OPTIMIZERS["dpo"](DpoConfig(**options, impl="trl" if method == "dpo-trl" else "mint"))
+    elif method.startswith("kto"):
+        optimizer = OPTIMIZERS["kto"](KtoConfig(**options, impl="trl" if method == "kto-trl" else "mint"))
     else:
-        optimizer = OPTIMIZERS[method]((KtoConfig if method == "kto" else SftConfig)(**options))
+        optimizer = OPTIMIZERS[method](SftConfig(**options))
     torch.manual_seed(0)
     result = optimizer.train(student=built_env["student"], examples=rows, output_dir=tmp_path / method,
                              ctx=built_env["ctx"])

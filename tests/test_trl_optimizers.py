@@ -129,7 +129,7 @@ def test_kto_first_step_is_at_its_reference(text_env, trained):
     the base model's own, computed here for each answer; the batch (2 rows) holds some of them."""
     from itertools import combinations
 
-    from mint_trl.data import _encode_answer
+    from mint_orpo.optimizer import encode_answer
 
     first = next(r for r in _rows(trained["kto"].output_dir / "metrics.jsonl") if "loss" in r)
     for key in ("rewards/chosen", "rewards/rejected", "kl"):
@@ -137,8 +137,8 @@ def test_kto_first_step_is_at_its_reference(text_env, trained):
     sm = text_env["student"].load(ctx=text_env["ctx"])
     logps = {True: [], False: []}
     for example in _examples("kto"):
-        prompt_ids, answer_ids = _encode_answer(sm, example.prompt, example.completion, max_length=1024,
-                                                max_prompt_length=768)
+        prompt_ids, answer_ids, _ = encode_answer(sm, example.prompt, example.completion, max_length=1024,
+                                                  max_prompt_length=768)
         ids = torch.tensor([prompt_ids + answer_ids])
         with torch.no_grad():
             logp = torch.log_softmax(sm.model(input_ids=ids).logits[0, :-1].float(), -1)
@@ -153,27 +153,37 @@ def test_kto_first_step_is_at_its_reference(text_env, trained):
 
 
 @pytest.mark.parametrize("init", ["fresh", "sft"])
-def test_packed_dpo_matches_trl(text_env, trained, init):
+def test_packed_dpo_matches_trl(text_env, trained, init, monkeypatch):
     """impl=mint (shared-prompt packed policy and reference forwards) trains the numbers TRL's DPOTrainer does:
-    step 1 from the same start, step 2 after one AdamW update computed from each side's own gradients."""
+    step 1 from the same start, later steps after AdamW updates computed from each side's own gradients;
+    steps 3-4 are the second epoch, where MINT reuses the reference log-probs of the first."""
+    import mint_orpo.dpo
+
+    reference_forwards = []
+    real_reference = mint_orpo.dpo.reference_weights
+    monkeypatch.setattr(mint_orpo.dpo, "reference_weights",
+                        lambda model: reference_forwards.append(1) or real_reference(model))
     rows = {}
     for impl in ("trl", "mint"):
         torch.manual_seed(0)
         out = text_env["run_dir"] / "students" / f"dpo-{impl}-{init}"
         extra = {"init_adapter": str(trained["sft"].adapter_dir)} if init == "sft" else {}
-        OPTIMIZERS["dpo"](_config("dpo", impl=impl, **extra)).train(
+        OPTIMIZERS["dpo"](_config("dpo", impl=impl, max_steps=4, **extra)).train(
             student=text_env["student"], examples=_examples("dpo"), output_dir=out, ctx=text_env["ctx"])
         rows[impl] = [r for r in _rows(out / "metrics.jsonl") if "loss" in r]
-    assert len(rows["mint"]) == len(rows["trl"]) == 2
+    assert len(rows["mint"]) == len(rows["trl"]) == 4
+    assert len(reference_forwards) == 2  # MINT's reference ran in the first epoch's two batches only
     assert abs(rows["mint"][1]["rewards/margins"]) > 1e-3  # the update moved the policy away from the reference
     for mint_row, trl_row in zip(rows["mint"], rows["trl"]):
         for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
             assert mint_row[key] == pytest.approx(trl_row[key], abs=1e-4), (key, mint_row["step"])
 
-def _perturbed_first_step(monkeypatch, student, examples, ctx, out: Path, impl: str) -> dict:
-    """Train one DPO step with ``impl`` from a LoRA adapter set to fixed random values (so the policy
-    differs from its reference, the adapter-disabled base), capturing the loss and every LoRA
-    gradient right after backward (before clipping, which would hide a gradient wrong in size)."""
+def _perturbed_first_step(monkeypatch, student, examples, ctx, out: Path, impl: str, method: str = "dpo",
+                          values: dict[str, torch.Tensor] | None = None) -> dict:
+    """Train one ``method`` step with ``impl`` from a LoRA adapter set to fixed random values, or to
+    ``values`` (saved adapter tensors), so the policy differs from its reference, the adapter-disabled
+    base; capture the loss and every LoRA gradient right after backward (before clipping, which
+    would hide a gradient wrong in size)."""
     import zlib
 
     import transformers
@@ -188,7 +198,8 @@ def _perturbed_first_step(monkeypatch, student, examples, ctx, out: Path, impl: 
             with torch.no_grad():
                 for name, parameter in lora.items():
                     generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-                    parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+                    parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator) if values is None
+                                    else values[name.replace(".default.", ".")])
         loss = real_step(self, model, inputs, *args, **kwargs)
         if not captured:
             captured["loss"] = float(loss)
@@ -197,17 +208,18 @@ def _perturbed_first_step(monkeypatch, student, examples, ctx, out: Path, impl: 
 
     monkeypatch.setattr(transformers.Trainer, "training_step", training_step)
     torch.manual_seed(0)
-    OPTIMIZERS["dpo"](_config("dpo", impl=impl, max_steps=1, batch_size=len(examples))).train(
+    OPTIMIZERS[method](_config(method, impl=impl, max_steps=1, batch_size=len(examples))).train(
         student=student, examples=examples, output_dir=out, ctx=ctx)
     monkeypatch.setattr(transformers.Trainer, "training_step", real_step)
     captured["row"] = next(r for r in _rows(out / "metrics.jsonl") if "loss" in r)
     return captured
 
 
-def _assert_same_dpo_step(mint: dict, trl: dict) -> None:
+def _assert_same_dpo_step(mint: dict, trl: dict, keys: tuple[str, ...] = ()) -> None:
     assert abs(trl["row"]["rewards/margins"]) > 1e-2  # the policy is not its reference
     assert mint["loss"] == pytest.approx(trl["loss"], abs=1e-5, rel=1e-5)
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
+                *keys):
         assert mint["row"][key] == pytest.approx(trl["row"][key], abs=1e-5, rel=1e-5), key
     assert mint["grads"].keys() == trl["grads"].keys() and len(trl["grads"]) > 0
     # Per tensor, the difference relative to the gradient's size (a 1% error in size is 1e-2 here);
@@ -224,6 +236,66 @@ def test_packed_dpo_loss_and_gradients_match_trl_off_the_reference(text_env, mon
                                          text_env["run_dir"] / "students" / f"dpo-grad-{impl}", impl)
              for impl in ("trl", "mint")}
     _assert_same_dpo_step(steps["mint"], steps["trl"])
+
+
+def _kto_rows_by_impl(env, tag: str, **options) -> dict[str, list[dict]]:
+    rows = {}
+    for impl in ("trl", "mint"):
+        torch.manual_seed(0)
+        out = env["run_dir"] / "students" / f"kto-{impl}-{tag}"
+        OPTIMIZERS["kto"](_config("kto", impl=impl, **options)).train(
+            student=env["student"], examples=env["examples"]["kto"] if "examples" in env else _examples("kto"),
+            output_dir=out, ctx=env["ctx"])
+        rows[impl] = [r for r in _rows(out / "metrics.jsonl") if "loss" in r]
+    return rows
+
+
+@pytest.mark.parametrize("init", ["fresh", "sft"])
+def test_packed_kto_matches_trl(text_env, trained, init):
+    """impl=mint (the answer and its KL answer packed behind one prompt, policy and reference) trains the
+    numbers TRL's KTOTrainer does over two epochs, the same rows in the same batches with the same KL answers
+    (the second epoch reuses the first's reference log-probs)."""
+    extra = {"init_adapter": str(trained["sft"].adapter_dir)} if init == "sft" else {}
+    rows = _kto_rows_by_impl(text_env, init, max_steps=6, batch_size=3, **extra)
+    assert len(rows["mint"]) == len(rows["trl"]) == 6
+    assert max(abs(r.get("kl", 0.0)) + abs(r.get("rewards/chosen", 0.0)) for r in rows["trl"][1:]) > 1e-4
+    for mint_row, trl_row in zip(rows["mint"], rows["trl"]):
+        assert mint_row.keys() >= {k for k in trl_row if k.startswith(("rewards/", "logps/"))}
+        for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+                    "logps/rejected"):
+            if key in trl_row:
+                assert mint_row[key] == pytest.approx(trl_row[key], abs=1e-4), (key, mint_row["step"])
+
+
+def test_packed_kto_loss_and_gradients_match_trl_off_the_reference(text_env, trained, monkeypatch):
+    """The loss, the KL estimate and every LoRA gradient of MINT's packed KTO equal TRL's KTOTrainer's
+    (fp32, 1e-5) on a policy away from its reference, all eight rows in one batch. The policy is the
+    SFT student (a random one rates mismatched answers below the base, and the KL clamps to 0)."""
+    from safetensors.torch import load_file
+
+    sft = load_file(str(trained["sft"].adapter_dir / "adapter_model.safetensors"))
+    steps = {impl: _perturbed_first_step(monkeypatch, text_env["student"], _examples("kto"), text_env["ctx"],
+                                         text_env["run_dir"] / "students" / f"kto-grad-{impl}", impl, method="kto",
+                                         values=sft)
+             for impl in ("trl", "mint")}
+    assert steps["trl"]["row"]["kl"] > 1e-3  # the KL estimate is live (clamped at 0 otherwise)
+    _assert_same_dpo_step(steps["mint"], steps["trl"], keys=("kl",))
+
+
+def test_kto_features_pair_each_answer_with_its_batch_predecessors(text_env):
+    """The KL answer of each row is the answer of the row before it in its batch (TRL's rotation)."""
+    from mint_orpo.kto import kto_features
+
+    sm = text_env["student"].load(ctx=text_env["ctx"])
+    examples = _examples("kto")
+    features = kto_features(sm, examples, batch_size=3, seed=0, max_length=1024, max_prompt_length=768)
+    assert len(features) == 8 and sorted(f["label"] for f in features) == [False] * 4 + [True] * 4
+    for start in (0, 3, 6):
+        group = features[start:start + 3]
+        for i, row in enumerate(group):
+            assert row["rejected_ids"] == group[i - 1]["chosen_ids"]
+    assert kto_features(sm, examples, batch_size=3, seed=0, max_length=1024, max_prompt_length=768) == features
+    assert kto_features(sm, examples, batch_size=3, seed=1, max_length=1024, max_prompt_length=768) != features
 
 
 def test_dpo_from_sft_adapter(text_env, trained):
@@ -437,6 +509,17 @@ def test_packed_dpo_loss_and_gradients_match_trl_on_mllama_off_the_reference(vis
                                          impl)
              for impl in ("trl", "mint")}
     _assert_same_dpo_step(steps["mint"], steps["trl"])
+
+
+def test_packed_kto_matches_trl_on_mllama(vision_env):
+    """Vision KTO: MINT's packed trainer (image once per answer and KL answer) and TRL's KTOTrainer (with
+    MINT's Mllama collator repair) log the same numbers over three steps."""
+    rows = _kto_rows_by_impl(vision_env, "vision", max_steps=3, batch_size=2)
+    assert len(rows["mint"]) == len(rows["trl"]) == 3
+    for mint_row, trl_row in zip(rows["mint"], rows["trl"]):
+        for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
+            if key in trl_row:
+                assert mint_row[key] == pytest.approx(trl_row[key], abs=1e-4), (key, mint_row["step"])
 
 
 @pytest.mark.parametrize("method", ["dpo", "kto", "sft"])

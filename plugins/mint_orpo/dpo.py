@@ -69,14 +69,35 @@ def _trainer_class() -> type:
     from mint_orpo.trainer import OrpoTrainer
 
     class PackedDpoTrainer(OrpoTrainer):
-        """MINT's packed trainer with DPO's objective: a policy and a reference packed forward per batch."""
+        """MINT's packed trainer with DPO's objective: a policy and a reference packed forward per batch.
+
+        ``cache_reference``: keep each feature's reference log-probs from its first batch and reuse
+        them in later epochs (the reference never changes; exact only without dropout, which the
+        optimizers turn off by default). The first epoch computes them, as TRL does every step.
+        """
+
+        def __init__(self, *args: Any, cache_reference: bool = False, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.cache_reference = bool(cache_reference)
+            self._reference: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def pair_statistics(self, model, inputs):
             stats = super().pair_statistics(model, inputs)
+            ref_chosen, ref_rejected = self.reference_statistics(model, inputs)
+            return {**stats, "ref_chosen_logps_sum": ref_chosen, "ref_rejected_logps_sum": ref_rejected}
+
+        def reference_statistics(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+            """Summed chosen and rejected log-probs of the batch's pairs under the reference policy."""
+            index = inputs.get("feature_index")
+            keys = [int(i) for i in index.tolist()] if index is not None and self.cache_reference else []
+            if keys and all(k in self._reference for k in keys):
+                chosen, rejected = zip(*(self._reference[k] for k in keys))
+                return torch.stack(chosen), torch.stack(rejected)
             with torch.no_grad(), reference_weights(self.accelerator.unwrap_model(model)):
                 ref = super().pair_statistics(model, inputs)
-            return {**stats, "ref_chosen_logps_sum": ref["chosen_logps_sum"],
-                    "ref_rejected_logps_sum": ref["rejected_logps_sum"]}
+            for row, key in enumerate(keys):
+                self._reference[key] = (ref["chosen_logps_sum"][row], ref["rejected_logps_sum"][row])
+            return ref["chosen_logps_sum"], ref["rejected_logps_sum"]
 
         def pair_loss(self, stats):
             return dpo_loss(stats["chosen_logps_sum"], stats["rejected_logps_sum"], stats["ref_chosen_logps_sum"],
@@ -92,6 +113,9 @@ class PackedDpoOptimizer(OrpoOptimizer):
 
     def trainer_class(self) -> type:
         return _trainer_class()
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        return {"cache_reference": bool(getattr(self.config, "disable_dropout", True))}
 
     def find_init_adapter(self, output_dir: Path) -> Path | None:
         return find_init_adapter(self.config.init_adapter, output_dir=output_dir)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mint_core.components import Optimizer, Student, StudentModel, TrainResult
 from mint_core.io import write_json
 from mint_core.registry import MintError
-from mint_core.types import PreferenceExample
+from mint_core.types import PreferenceExample, Prompt
 from mint_orpo import OrpoConfig
 from mint_orpo.common import (
     MetricsLoggerCallback, ProgressCallback, atomic_save_adapter, plot_training_curve, read_metrics,
@@ -19,35 +19,43 @@ if TYPE_CHECKING:
     from mint_core.context import RunContext
 
 
-def encode_pair(sm: StudentModel, example: PreferenceExample, *, max_length: int,
-                max_prompt_length: int) -> dict[str, Any] | None:
-    """One pair feature (see :mod:`mint_orpo.packing`), truncated; ``None`` when no answer token fits.
+def encode_answer(sm: StudentModel, prompt: Prompt, answer: str, *, max_length: int,
+                  max_prompt_length: int) -> tuple[list[int], list[int], dict[str, Any]]:
+    """``(prompt_ids, answer_ids, extras)`` of one prompt and answer, truncated as every MINT trainer does.
 
-    Prompts longer than ``max_prompt_length`` lose their beginning (text students); answers are cut
-    so that prompt + answer fits ``max_length``.
+    Prompts longer than ``max_prompt_length`` lose their beginning (text students; an image prompt
+    keeps its image tokens); the answer is cut so that prompt + answer fits ``max_length`` (it may
+    come back empty). ``extras`` are the student's other inputs (pixel values, a cross-attention
+    mask cut to the prompt rows).
     """
-    if example.chosen is None or example.rejected is None:
-        raise MintError(f"preference example {example.case_id!r} is not a pair (kind={example.kind!r}); "
-                        "ORPO needs chosen and rejected answers (builder=topk)")
-    enc_c = sm.encode(prompt=example.prompt, completion=example.chosen)
-    enc_r = sm.encode(prompt=example.prompt, completion=example.rejected)
-    p_c, p_r = int(enc_c["prompt_length"]), int(enc_r["prompt_length"])
-    prompt = list(enc_c["input_ids"][:p_c])
-    if prompt != list(enc_r["input_ids"][:p_r]):
-        raise MintError(f"case {example.case_id}: the student encodes the prompt differently before the chosen and "
-                        "the rejected answer; ORPO needs one shared prompt encoding")
-    chosen, rejected = list(enc_c["input_ids"][p_c:]), list(enc_r["input_ids"][p_r:])
-    extras = {k: v for k, v in enc_c.items() if k not in {"input_ids", "prompt_length", "attention_mask"}}
-    if len(prompt) > max_prompt_length and not extras:  # an image prompt keeps its image tokens
-        prompt = prompt[-max_prompt_length:]
-    room = max_length - len(prompt)
-    chosen, rejected = chosen[:max(room, 0)], rejected[:max(room, 0)]
-    if not chosen or not rejected:
-        return None
+    enc = sm.encode(prompt=prompt, completion=answer)
+    split = int(enc["prompt_length"])
+    prompt_ids, answer_ids = list(enc["input_ids"][:split]), list(enc["input_ids"][split:])
+    extras = {k: v for k, v in enc.items() if k not in {"input_ids", "prompt_length", "attention_mask"}}
+    if len(prompt_ids) > max_prompt_length and not extras:
+        prompt_ids = prompt_ids[-max_prompt_length:]
     if "cross_attention_mask" in extras:  # keep the prompt rows; answers extend it (see packing._stack_extras)
         import torch
 
-        extras["cross_attention_mask"] = torch.as_tensor(extras["cross_attention_mask"])[:p_c]
+        extras["cross_attention_mask"] = torch.as_tensor(extras["cross_attention_mask"])[:split]
+    return prompt_ids, answer_ids[:max(max_length - len(prompt_ids), 0)], extras
+
+
+def encode_pair(sm: StudentModel, example: PreferenceExample, *, max_length: int,
+                max_prompt_length: int) -> dict[str, Any] | None:
+    """One pair feature (see :mod:`mint_orpo.packing`), truncated by :func:`encode_answer`; ``None``
+    when no answer token fits."""
+    if example.chosen is None or example.rejected is None:
+        raise MintError(f"preference example {example.case_id!r} is not a pair (kind={example.kind!r}); "
+                        "ORPO needs chosen and rejected answers (builder=topk)")
+    limits = dict(max_length=max_length, max_prompt_length=max_prompt_length)
+    prompt, chosen, extras = encode_answer(sm, example.prompt, example.chosen, **limits)
+    prompt_r, rejected, _ = encode_answer(sm, example.prompt, example.rejected, **limits)
+    if prompt != prompt_r:
+        raise MintError(f"case {example.case_id}: the student encodes the prompt differently before the chosen and "
+                        "the rejected answer; ORPO needs one shared prompt encoding")
+    if not chosen or not rejected:
+        return None
     return {"case_id": example.case_id, "prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected,
             "extras": extras}
 
@@ -94,6 +102,20 @@ class OrpoOptimizer(Optimizer):
     def finish_model(self, model: Any) -> None:
         """Called on the trained model just before its adapter is saved (no-op here)."""
 
+    def encode_features(self, sm: StudentModel, examples: Sequence[PreferenceExample], *,
+                        ctx: RunContext) -> list[dict[str, Any]]:
+        """The training features (pair features, see :mod:`mint_orpo.packing`) of ``examples``."""
+        cfg = self.config
+        return encode_pairs(sm, examples, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                            ctx=ctx)
+
+    def training_arguments(self, common: dict[str, Any]) -> dict[str, Any]:
+        """The ``TrainingArguments`` keywords (``common``: MINT's, from the options); override to add some."""
+        return common
+
+    #: The name of the feature count in ``train_summary.json``.
+    count_name = "pairs"
+
     def __init__(self, config: OrpoConfig):
         self.config = config
 
@@ -115,18 +137,17 @@ class OrpoOptimizer(Optimizer):
         init = self.find_init_adapter(output_dir)
         sm = student.load(ctx=ctx, adapter_dir=init, trainable=True)
         self.prepare_model(sm, init_adapter=init, ctx=ctx)
-        features = encode_pairs(sm, examples, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                                ctx=ctx)
+        features = self.encode_features(sm, examples, ctx=ctx)
         trainer = build_trainer(cfg, sm, features, output_dir=output_dir, ctx=ctx, callbacks=callbacks,
                                 trainer_cls=self.trainer_class(), trainer_kwargs=self.trainer_kwargs(),
-                                name=self.display_name)
+                                name=self.display_name, arguments=self.training_arguments)
         result = train_with_resume(trainer, checkpoints=output_dir / "checkpoints", ctx=ctx, label=self.display_name)
         self.finish_model(trainer.model)
         adapter_dir = atomic_save_adapter(trainer.model, output_dir / "adapter")
         plot_training_curve(output_dir / "metrics.jsonl", output_dir / "training_curve.png",
                             title=f"{self.display_name} ({cfg.impl}) β={cfg.beta}")
         metrics = summarize(result.metrics, output_dir / "metrics.jsonl", global_step=trainer.state.global_step)
-        metrics["pairs"] = float(len(features))
+        metrics[self.count_name] = float(len(features))
         write_json(output_dir / "train_summary.json", {**metrics, "init_adapter": str(init) if init else None})
         return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, metrics=metrics)
 
@@ -150,10 +171,16 @@ def summarize(train_metrics: dict[str, Any], metrics_jsonl: Path, *, global_step
 
 def build_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[str, Any]], *, output_dir: Path,
                   ctx: RunContext, callbacks: Sequence[Any] = (), trainer_cls: type | None = None,
-                  trainer_kwargs: dict[str, Any] | None = None, name: str = "ORPO") -> Any:
-    """The configured trainer (MINT's :class:`OrpoTrainer` or TRL's), callbacks attached, not yet run."""
+                  trainer_kwargs: dict[str, Any] | None = None, name: str = "ORPO",
+                  arguments: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Any:
+    """The configured trainer (MINT's :class:`OrpoTrainer` or TRL's), callbacks attached, not yet run.
+
+    ``arguments`` may adjust the ``TrainingArguments`` keywords (e.g. KTO reads its data in order).
+    """
     seed = resolve_seed(cfg, ctx)
     common = training_arguments_kwargs(cfg, output_dir=output_dir, seed=seed)
+    if arguments is not None:
+        common = arguments(common)
     cbs = [ProgressCallback(ctx, description=f"{name} ({cfg.impl})"), MetricsLoggerCallback(output_dir / "metrics.jsonl"),
            *callbacks]
     if cfg.impl == "trl":
@@ -198,12 +225,14 @@ def build_mint_trainer(cfg: OrpoConfig, sm: StudentModel, features: list[dict[st
     if depth:
         frozen_cache = build_for_training(model, features, depth=depth, mask_kind=mask_kind, pad_id=int(pad_id),
                                           log=ctx.log if ctx is not None else None)
-        features = [{**f, "feature_index": i} for i, f in enumerate(features)]
     elif ctx is not None and str(getattr(cfg, "cache_frozen", "false")).lower() != "false":
         ctx.log(f"frozen-bottom cache off: {cache_reason}")
+    # Batches say which features they hold: the frozen-bottom cache and the reference cache read it.
+    features = [{**f, "feature_index": i} for i, f in enumerate(features)]
     args = TrainingArguments(**args_kwargs)
     trainer_cls = trainer_cls or OrpoTrainer
+    collator_cls = getattr(trainer_cls, "collator_class", PairCollator)  # a trainer may read more per row
     return trainer_cls(model=model, args=args, train_dataset=features, frozen_cache=frozen_cache,
-                       data_collator=PairCollator(pad_id=int(pad_id), packed=packed, nll_on_prompt=nll_on_prompt,
+                       data_collator=collator_cls(pad_id=int(pad_id), packed=packed, nll_on_prompt=nll_on_prompt,
                                                  padding_free=padding_free, attention_weight=attention_weight(model)),
                        callbacks=list(callbacks), beta=cfg.beta, mask_kind=mask_kind, **(trainer_kwargs or {}))

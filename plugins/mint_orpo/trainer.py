@@ -41,7 +41,7 @@ class PairCollator:
             costs = layout_costs(features, packed=self.packed, attention_weight=self.attention_weight)
             padding_free = costs["padding_free"] < costs["padded"]
         out = collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt, padding_free=padding_free)
-        if all("feature_index" in f for f in features):  # which cached pairs (frozen-bottom cache) these are
+        if all("feature_index" in f for f in features):  # which features these are (the trainers' caches)
             out["feature_index"] = torch.tensor([int(f["feature_index"]) for f in features], dtype=torch.long)
         return out
 

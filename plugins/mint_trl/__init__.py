@@ -1,8 +1,9 @@
 """MINT optimizers through TRL: DPO, KTO and the SFT baseline, each with LoRA (peft).
 
 Registers the optimizers ``dpo`` (MINT's shared-prompt packed trainer, :mod:`mint_orpo.dpo`, for
-the sigmoid loss; TRL's ``DPOTrainer`` for its other losses or with ``impl=trl``: same loss), ``kto`` (``KTOTrainer``) and ``sft``
-(``SFTTrainer``). Options are the common trainer options of :mod:`mint_orpo.common`
+the sigmoid loss; TRL's ``DPOTrainer`` for its other losses or with ``impl=trl``: same loss), ``kto``
+(MINT's packed trainer, :mod:`mint_orpo.kto`, for ``loss_type=kto``; else TRL's ``KTOTrainer``) and
+``sft`` (``SFTTrainer``). Options are the common trainer options of :mod:`mint_orpo.common`
 (``optimizer.epochs``, ``optimizer.max_steps``, ...) plus each method's own. Heavy code lives in
 :mod:`mint_trl.optimizer`; the Mllama cross-attention fix in :mod:`mint_trl.vision`.
 """
@@ -14,14 +15,25 @@ from dataclasses import dataclass, field
 from mint_core.hookspecs import hookimpl
 from mint_orpo.common import TrainingOptions
 
-_IMPL_HELP = "Always 'trl' here: these optimizers run TRL's trainers (the option exists for ORPO)."
+_IMPL_HELP = "Always 'trl' here: SFT runs TRL's SFTTrainer (the option exists for orpo, dpo and kto)."
 _INIT_HELP = ("Start from this adapter: a peft adapter folder, a student folder holding adapter/, or a run folder "
               "(its students/sft/adapter is used first). For dpo/kto the starting adapter is also the reference "
               "policy, as in the DPO-after-SFT recipe.")
 
 
 @dataclass
-class DpoConfig(TrainingOptions):
+class PackedOptions(TrainingOptions):
+    """Layout options of MINT's packed trainers (``impl=mint``), shared by ``dpo`` and ``kto``."""
+
+    packing: str = field(default="auto", metadata={
+        "help": "impl=mint: auto (shared-prompt rows where the attention takes 4D masks), packed, two-sequence."})
+    padding_free: str = field(default="auto", metadata={
+        "help": "impl=mint: one row per batch without padding: auto (flash/flex always, sdpa/eager per batch by "
+                "estimated cost), true, false."})
+
+
+@dataclass
+class DpoConfig(PackedOptions):
     """DPO options. ``beta`` is DPO's β (strength of the KL constraint to the reference)."""
 
     impl: str = field(default="auto", metadata={
@@ -31,21 +43,18 @@ class DpoConfig(TrainingOptions):
     loss_type: str = field(default="sigmoid", metadata={
         "help": "TRL DPO loss: sigmoid (DPO), hinge, ipo, robust, ...; comma-separate to combine (impl=trl)."})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO/robust label smoothing in [0, 0.5)."})
-    packing: str = field(default="auto", metadata={
-        "help": "impl=mint: auto (shared-prompt rows where the attention takes 4D masks), packed, two-sequence."})
-    padding_free: str = field(default="auto", metadata={
-        "help": "impl=mint: one row per batch without padding: auto (flash/flex always, sdpa/eager per batch by "
-                "estimated cost), true, false."})
 
 
 @dataclass
-class KtoConfig(TrainingOptions):
+class KtoConfig(PackedOptions):
     """KTO options. ``beta`` is KTO's β."""
 
-    impl: str = field(default="trl", metadata={"help": _IMPL_HELP})
+    impl: str = field(default="auto", metadata={
+        "help": "auto: MINT's shared-prompt packed trainer (mint) when loss_type=kto, else TRL's KTOTrainer (trl); "
+                "mint; trl. Both compute the same loss."})
     init_adapter: str = field(default="", metadata={"help": _INIT_HELP})
     loss_type: str = field(default="kto", metadata={
-        "help": "kto (with the KL reference point; needs batch_size >= 2) or apo_zero_unpaired."})
+        "help": "kto (with the KL reference point; needs batch_size >= 2) or apo_zero_unpaired (impl=trl)."})
     desirable_weight: float = field(default=1.0, metadata={"help": "Loss weight of desirable answers."})
     undesirable_weight: float = field(default=1.0, metadata={"help": "Loss weight of undesirable answers."})
 
@@ -65,7 +74,8 @@ def mint_register_optimizers(register):
                          "reference = adapter-free base or the init_adapter (e.g. SFT)",
              pairs_with={"builder": "topk"})
     register("kto", _make("kto"), config=KtoConfig,
-             description="KTO (TRL KTOTrainer, LoRA) on unpaired desirable/undesirable answers",
+             description="KTO (LoRA; packed shared-prompt trainer, TRL KTOTrainer for apo_zero_unpaired) on unpaired "
+                         "desirable/undesirable answers",
              pairs_with={"builder": "kto"})
     register("sft", _make("sft"), config=SftConfig,
              description="SFT baseline (TRL SFTTrainer, LoRA) on answers led by the true label",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 from mint_core.components import StudentModel
 from mint_core.registry import MintError
 from mint_core.types import PreferenceExample, Prompt
+from mint_orpo.optimizer import encode_answer, encode_pair
 
 if TYPE_CHECKING:
     from mint_core.context import RunContext
@@ -63,16 +64,6 @@ def as_rows(examples: Sequence[PreferenceExample], method: Method) -> list[dict[
 
 
 # -- text: pre-tokenized -------------------------------------------------------------------------
-def _encode_answer(sm: StudentModel, prompt: Prompt, answer: str, *, max_length: int,
-                   max_prompt_length: int) -> tuple[list[int], list[int]]:
-    enc = sm.encode(prompt=prompt, completion=answer)
-    split = int(enc["prompt_length"])
-    prompt_ids, answer_ids = list(enc["input_ids"][:split]), list(enc["input_ids"][split:])
-    if len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]
-    return prompt_ids, answer_ids[:max(0, max_length - len(prompt_ids))]
-
-
 def tokenized_rows(sm: StudentModel, rows: Sequence[dict[str, Any]], method: Method, *, max_length: int,
                    max_prompt_length: int, ctx: RunContext | None = None) -> list[dict[str, Any]]:
     """TRL's tokenized columns: dpo ``prompt_ids/chosen_ids/rejected_ids``; kto ``prompt_ids/completion_ids/label``;
@@ -81,15 +72,13 @@ def tokenized_rows(sm: StudentModel, rows: Sequence[dict[str, Any]], method: Met
     for row in rows:
         prompt: Prompt = row["prompt"]
         if method == "dpo":
-            from mint_orpo.optimizer import encode_pair
-
             pair = PreferenceExample(case_id="", prompt=prompt, chosen=row["chosen"], rejected=row["rejected"])
             feature = encode_pair(sm, pair, max_length=max_length, max_prompt_length=max_prompt_length)
             if feature is not None:
                 out.append({k: feature[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")})
             continue
-        prompt_ids, answer_ids = _encode_answer(sm, prompt, row["completion"], max_length=max_length,
-                                                max_prompt_length=max_prompt_length)
+        prompt_ids, answer_ids, _ = encode_answer(sm, prompt, row["completion"], max_length=max_length,
+                                                  max_prompt_length=max_prompt_length)
         if not answer_ids:
             continue
         if method == "kto":

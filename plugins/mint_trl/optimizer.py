@@ -1,4 +1,5 @@
-"""The ``dpo``, ``kto`` and ``sft`` optimizers: TRL's trainers with LoRA on a MINT student.
+"""The ``dpo``, ``kto`` and ``sft`` optimizers: TRL's trainers with LoRA on a MINT student, or, for
+``dpo`` and ``kto`` where they compute the same loss, MINT's packed trainers (``impl=auto``).
 
 How the model is prepared (decisions):
 
@@ -65,13 +66,35 @@ class TrlOptimizer(Optimizer):
     def vision_collator(self, processor: Any, args: Any) -> Any:
         raise NotImplementedError
 
+    def packed_optimizer(self) -> tuple[type | None, str | None]:
+        """MINT's packed optimizer class for this method, or ``None`` and why it cannot take this configuration."""
+        return None, "TRL's trainer only"
+
     # -- the flow ------------------------------------------------------------------------------
     def train(self, *, student: Student, examples: Sequence[PreferenceExample], output_dir: Path,
               ctx: RunContext, callbacks: Sequence[Any] = ()) -> TrainResult:
         """Train into ``output_dir`` (``adapter/``, ``checkpoints/``, ``metrics.jsonl``, ``training_curve.png``).
 
-        ``callbacks`` are extra ``TrainerCallback`` objects (tests use one to simulate a kill).
+        ``impl=auto`` runs MINT's packed trainer where it computes the same loss (:meth:`packed_optimizer`),
+        else TRL's. ``callbacks`` are extra ``TrainerCallback`` objects (tests use one to simulate a kill).
         """
+        cfg = self.config
+        as_rows(examples, self.method)  # the same clear error for unusable examples, whichever trainer runs
+        if cfg.impl != "trl":
+            packed, problem = self.packed_optimizer()
+            if cfg.impl == "mint" and packed is None:
+                raise MintError(f"optimizer.impl=mint is not possible here: {problem}; use optimizer.impl=auto or trl")
+            if packed is not None:
+                from dataclasses import replace
+
+                return packed(replace(cfg, impl="mint")).train(student=student, examples=examples,
+                                                               output_dir=output_dir, ctx=ctx, callbacks=callbacks)
+        return self.train_with_trl(student=student, examples=examples, output_dir=output_dir, ctx=ctx,
+                                   callbacks=callbacks)
+
+    def train_with_trl(self, *, student: Student, examples: Sequence[PreferenceExample], output_dir: Path,
+                       ctx: RunContext, callbacks: Sequence[Any] = ()) -> TrainResult:
+        """Train with TRL's trainer (``impl=trl``)."""
         cfg = self.config
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -148,23 +171,12 @@ class DpoOptimizer(TrlOptimizer):
     default_builder = "topk"
     impls = ("auto", "mint", "trl")
 
-    def train(self, *, student: Student, examples: Sequence[PreferenceExample], output_dir: Path,
-              ctx: RunContext, callbacks: Sequence[Any] = ()) -> TrainResult:
-        """DPO through MINT's packed trainer (:mod:`mint_orpo.dpo`) where it applies, else TRL's DPOTrainer."""
-        cfg = self.config
-        as_rows(examples, self.method)  # the same clear error for non-pairs, whichever trainer runs
-        problem = None if self.loss_types() == ["sigmoid"] else f"loss_type={cfg.loss_type!r} is TRL's only"
-        if cfg.impl == "mint" and problem:
-            raise MintError(f"optimizer.impl=mint is not possible here: {problem}; use optimizer.impl=auto or trl")
-        if cfg.impl == "trl" or problem:
-            return super().train(student=student, examples=examples, output_dir=output_dir, ctx=ctx,
-                                 callbacks=callbacks)
-        from dataclasses import replace
-
+    def packed_optimizer(self) -> tuple[type | None, str | None]:
+        if self.loss_types() != ["sigmoid"]:
+            return None, f"loss_type={self.config.loss_type!r} is TRL's only"
         from mint_orpo.dpo import PackedDpoOptimizer
 
-        packed = PackedDpoOptimizer(replace(cfg, impl="mint"))
-        return packed.train(student=student, examples=examples, output_dir=output_dir, ctx=ctx, callbacks=callbacks)
+        return PackedDpoOptimizer, None
 
     def loss_types(self) -> list[str]:
         """``loss_type`` as TRL's list (comma-separated names; empty means sigmoid)."""
@@ -203,6 +215,14 @@ class KtoOptimizer(TrlOptimizer):
     config_class = KtoConfig
     label = "KTO"
     default_builder = "kto"
+    impls = ("auto", "mint", "trl")
+
+    def packed_optimizer(self) -> tuple[type | None, str | None]:
+        if self.config.loss_type != "kto":
+            return None, f"loss_type={self.config.loss_type!r} is TRL's only"
+        from mint_orpo.kto import PackedKtoOptimizer
+
+        return PackedKtoOptimizer, None
 
     def trl_config(self, common: dict[str, Any]) -> Any:
         from trl import KTOConfig
