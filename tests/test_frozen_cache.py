@@ -129,22 +129,23 @@ def test_cache_plan(top_loaded, tiny_dir, tmp_path):
         cache_plan(sm.model, "maybe", packed=True, features=features, disable_dropout=True)
 
 
-@pytest.mark.parametrize("optimizer", ["orpo", "dpo"])
+@pytest.mark.parametrize("optimizer", ["orpo", "dpo", "kto", "sft"])
 def test_training_with_cache_matches_without(tiny_dir, tmp_path, optimizer):
     """Two optimizer steps through the real trainer: the same losses and adapter, cache on or off."""
     from safetensors.torch import load_file
 
     from mint_orpo import OrpoConfig
     from mint_orpo.optimizer import OrpoOptimizer
-    from mint_trl import DpoConfig
-    from mint_trl.optimizer import DpoOptimizer
+    from mint_trl import DpoConfig, KtoConfig, SftConfig
+    from mint_trl.optimizer import OPTIMIZERS
 
     results = {}
     for cache in ("false", "true"):
         # fp32 (bf16=auto autocasts on AVX512-BF16/AMX CPUs): this is an fp32 parity test.
         common = dict(max_steps=2, batch_size=3, learning_rate=1e-2, save_steps=100, cache_frozen=cache, bf16="false")
+        configs = {"dpo": DpoConfig, "kto": KtoConfig, "sft": SftConfig}
         opt = (OrpoOptimizer(OrpoConfig(**common)) if optimizer == "orpo"
-               else DpoOptimizer(DpoConfig(**common, impl="mint")))
+               else OPTIMIZERS[optimizer](configs[optimizer](**common, impl="mint")))
         out = tmp_path / cache
         result = opt.train(student=_student(tiny_dir, lora_layers=1), examples=make_examples(), output_dir=out,
                            ctx=_ctx(tmp_path / f"run-{cache}"))

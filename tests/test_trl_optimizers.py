@@ -221,6 +221,11 @@ def _assert_same_dpo_step(mint: dict, trl: dict, keys: tuple[str, ...] = ()) -> 
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
                 *keys):
         assert mint["row"][key] == pytest.approx(trl["row"][key], abs=1e-5, rel=1e-5), key
+    _assert_same_gradients(mint, trl)
+
+
+def _assert_same_gradients(mint: dict, trl: dict) -> None:
+    assert mint["loss"] == pytest.approx(trl["loss"], abs=1e-5, rel=1e-5)
     assert mint["grads"].keys() == trl["grads"].keys() and len(trl["grads"]) > 0
     # Per tensor, the difference relative to the gradient's size (a 1% error in size is 1e-2 here);
     # element-wise 1e-5 would fail on fp32 rounding alone (packed and padded rows sum in other orders).
@@ -280,6 +285,29 @@ def test_packed_kto_loss_and_gradients_match_trl_off_the_reference(text_env, tra
              for impl in ("trl", "mint")}
     assert steps["trl"]["row"]["kl"] > 1e-3  # the KL estimate is live (clamped at 0 otherwise)
     _assert_same_dpo_step(steps["mint"], steps["trl"], keys=("kl",))
+
+
+def test_packed_sft_matches_trl(text_env):
+    """impl=mint (answer-only NLL on packed rows) trains the numbers TRL's SFTTrainer does over two epochs."""
+    rows = {}
+    for impl in ("trl", "mint"):
+        torch.manual_seed(0)
+        out = text_env["run_dir"] / "students" / f"sft-{impl}"
+        OPTIMIZERS["sft"](_config("sft", impl=impl, max_steps=4)).train(
+            student=text_env["student"], examples=_examples("sft"), output_dir=out, ctx=text_env["ctx"])
+        rows[impl] = [r for r in _rows(out / "metrics.jsonl") if "loss" in r]
+    assert len(rows["mint"]) == len(rows["trl"]) == 4
+    assert rows["trl"][-1]["loss"] < rows["trl"][0]["loss"] - 1e-2  # it learns
+    for mint_row, trl_row in zip(rows["mint"], rows["trl"]):
+        assert mint_row["loss"] == pytest.approx(trl_row["loss"], abs=1e-4), mint_row["step"]
+
+
+def test_packed_sft_loss_and_gradients_match_trl_off_the_reference(text_env, monkeypatch):
+    """The loss and every LoRA gradient of MINT's packed SFT equal TRL's SFTTrainer's (fp32, 1e-5)."""
+    steps = {impl: _perturbed_first_step(monkeypatch, text_env["student"], _examples("sft"), text_env["ctx"],
+                                         text_env["run_dir"] / "students" / f"sft-grad-{impl}", impl, method="sft")
+             for impl in ("trl", "mint")}
+    _assert_same_gradients(steps["mint"], steps["trl"])
 
 
 def test_kto_features_pair_each_answer_with_its_batch_predecessors(text_env):
@@ -361,8 +389,11 @@ def test_clear_errors(text_env, tmp_path):
     with pytest.raises(MintError, match="batch_size >= 2"):
         OPTIMIZERS["kto"](_config("kto", batch_size=1)).train(student=student, examples=_examples("kto"),
                                                                output_dir=tmp_path, ctx=ctx)
-    with pytest.raises(MintError, match="impl=trl"):
-        OPTIMIZERS["sft"](_config("sft", impl="mint"))
+    with pytest.raises(MintError, match="optimizer=sft takes impl=auto or mint or trl"):
+        OPTIMIZERS["sft"](_config("sft", impl="fast"))
+    with pytest.raises(MintError, match="impl=mint is not possible here: loss_type='apo_zero_unpaired'"):
+        OPTIMIZERS["kto"](_config("kto", impl="mint", loss_type="apo_zero_unpaired")).train(
+            student=student, examples=_examples("kto"), output_dir=tmp_path, ctx=ctx)
     with pytest.raises(MintError, match="impl=mint is not possible here: loss_type='ipo'"):
         OPTIMIZERS["dpo"](_config("dpo", impl="mint", loss_type="ipo")).train(
             student=student, examples=_examples("dpo"), output_dir=tmp_path, ctx=ctx)

@@ -1,10 +1,11 @@
-"""MINT optimizers through TRL: DPO, KTO and the SFT baseline, each with LoRA (peft).
+"""DPO, KTO and the SFT baseline, each with LoRA (peft): MINT's packed trainers, TRL's as the reference.
 
 Registers the optimizers ``dpo`` (MINT's shared-prompt packed trainer, :mod:`mint_orpo.dpo`, for
 the sigmoid loss; TRL's ``DPOTrainer`` for its other losses or with ``impl=trl``: same loss), ``kto``
 (MINT's packed trainer, :mod:`mint_orpo.kto`, for ``loss_type=kto``; else TRL's ``KTOTrainer``) and
-``sft`` (``SFTTrainer``). Options are the common trainer options of :mod:`mint_orpo.common`
-(``optimizer.epochs``, ``optimizer.max_steps``, ...) plus each method's own. Heavy code lives in
+``sft`` (MINT's packed trainer, :mod:`mint_orpo.sft`; ``impl=trl``: TRL's ``SFTTrainer``). Options
+are the common trainer options of :mod:`mint_orpo.common` (``optimizer.epochs``,
+``optimizer.max_steps``, ...) plus each method's own. Heavy code lives in
 :mod:`mint_trl.optimizer`; the Mllama cross-attention fix in :mod:`mint_trl.vision`.
 """
 
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from mint_core.hookspecs import hookimpl
 from mint_orpo.common import TrainingOptions
 
-_IMPL_HELP = "Always 'trl' here: SFT runs TRL's SFTTrainer (the option exists for orpo, dpo and kto)."
 _INIT_HELP = ("Start from this adapter: a peft adapter folder, a student folder holding adapter/, or a run folder "
               "(its students/sft/adapter is used first). For dpo/kto the starting adapter is also the reference "
               "policy, as in the DPO-after-SFT recipe.")
@@ -60,10 +60,12 @@ class KtoConfig(PackedOptions):
 
 
 @dataclass
-class SftConfig(TrainingOptions):
+class SftConfig(PackedOptions):
     """SFT baseline options (``beta`` is unused). The loss is on answer tokens only."""
 
-    impl: str = field(default="trl", metadata={"help": _IMPL_HELP})
+    impl: str = field(default="auto", metadata={
+        "help": "auto or mint: MINT's packed trainer (answer-only NLL, frozen-bottom cache); trl: TRL's "
+                "SFTTrainer. Both compute the same loss."})
     init_adapter: str = field(default="", metadata={"help": _INIT_HELP})
 
 
@@ -78,7 +80,8 @@ def mint_register_optimizers(register):
                          "desirable/undesirable answers",
              pairs_with={"builder": "kto"})
     register("sft", _make("sft"), config=SftConfig,
-             description="SFT baseline (TRL SFTTrainer, LoRA) on answers led by the true label",
+             description="SFT baseline (LoRA; packed trainer, TRL SFTTrainer with impl=trl) on answers led by the "
+                         "true label",
              pairs_with={"builder": "sft"})
 
 

@@ -275,6 +275,12 @@ class SftOptimizer(TrlOptimizer):
     config_class = SftConfig
     label = "SFT"
     default_builder = "sft"
+    impls = ("auto", "mint", "trl")
+
+    def packed_optimizer(self) -> tuple[type | None, str | None]:
+        from mint_orpo.sft import PackedSftOptimizer
+
+        return PackedSftOptimizer, None
 
     def trl_config(self, common: dict[str, Any]) -> Any:
         from trl import SFTConfig
