@@ -46,11 +46,12 @@ def mint_register_tasks(register) -> None:
              # cache makes an epoch ~45 s on 2 CPU cores; LoRA stays where the student puts it.
              # Answers of 5 synthetic tissue names are 25 tokens: 48 new tokens leave room, while the base
              # model, which rambles to the cap, took 138 s of the demo's evaluation at 160.
-             # mint compare: DPO (from SFT) at its own rate, 1e-5, the best of benchmarks/method_lr_sweep.py
-             # on the validation tiles (1e-5 .. 5e-4; at 2e-3 it wrote no list at all); README tissue section.
+             # mint compare: DPO (from SFT) and KTO at their own rates, the best of benchmarks/method_lr_sweep.py
+             # on the validation tiles (DPO 1e-5 of 1e-5 .. 5e-4, KTO 5e-5 of 5e-5 .. 1e-3; at 2e-3 neither wrote
+             # a list at all); README tissue section.
              demo={"optimizer": {"max_steps": -1, "epochs": 6, "learning_rate": 2e-3},
                    "student": {"lora_layers": "auto"}, "eval": {"max_new_tokens": 48},
-                   "compare": {"learning_rates": "dpo=1e-5"}})
+                   "compare": {"learning_rates": "dpo=1e-5,kto=5e-5"}})
 
 
 def _make_tissue(config: TissueConfig):
