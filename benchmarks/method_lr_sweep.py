@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
     saved = out / f"{args.method}.json"
     # Rows of earlier sweeps at other rates are kept, so a table grows over several calls.
-    rows = [r for r in (io.read_json(saved)["rows"] if saved.exists() else []) if r["lr"] not in lrs]
+    earlier = io.read_json(saved)["rows"] if saved.exists() else []
+    rows = [r for r in earlier if r["lr"] not in lrs]
+    # A re-run reuses a finished training (seconds ~0): keep the seconds it took when it ran.
+    trained_seconds = {r["lr"]: r.get("train_seconds", 0.0) for r in earlier}
     for lr in lrs:
         section = {**parent.optimizer_section(args.method, shared), "learning_rate": lr}
         if args.method == "dpo" and sft.is_dir():
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         began = time.perf_counter()
         student_dir = child.train(section=section)
         train_seconds = time.perf_counter() - began
+        if train_seconds < 5 and trained_seconds.get(lr):
+            train_seconds = trained_seconds[lr]
         result = io.read_json(student_dir / "result.json")
         model = child.component("student").load(ctx=child.ctx, adapter_dir=Path(result["adapter_dir"]))
         gen, _ = evaluate_generation(student_model=model, task=task, data=data, cases=val, rankings=rankings,
