@@ -313,7 +313,7 @@ def test_full_train_and_lora_layers_options_are_checked(built_env):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["orpo", "dpo", "dpo-trl", "kto", "kto-trl", "sft"])
+@pytest.mark.parametrize("method", ["orpo", "dpo", "dpo-trl", "kto", "kto-trl", "sft", "sft-trl"])
 def test_built_student_trains_two_steps_with_each_optimizer(built_env, method, tmp_path):
     """MINT's packed ORPO and DPO and TRL's DPO, KTO and SFT train the built student; the saved adapter
     holds the fully trained vision side and changes the answers' scores."""
@@ -331,7 +331,7 @@ def test_built_student_trains_two_steps_with_each_optimizer(built_env, method, t
         if method.startswith("kto"):
             rows += [PreferenceExample(case_id=f"v{i}", prompt=prompt, kind="unpaired", completion=good, label=True),
                      PreferenceExample(case_id=f"v{i}", prompt=prompt, kind="unpaired", completion=bad, label=False)]
-        elif method == "sft":
+        elif method.startswith("sft"):
             rows.append(PreferenceExample(case_id=f"v{i}", prompt=prompt, kind="sft", completion=good))
         else:
             rows.append(PreferenceExample(case_id=f"v{i}", prompt=prompt, chosen=good, rejected=bad))
@@ -343,7 +343,7 @@ def test_built_student_trains_two_steps_with_each_optimizer(built_env, method, t
     elif method.startswith("kto"):
         optimizer = OPTIMIZERS["kto"](KtoConfig(**options, impl="trl" if method == "kto-trl" else "mint"))
     else:
-        optimizer = OPTIMIZERS[method](SftConfig(**options))
+        optimizer = OPTIMIZERS["sft"](SftConfig(**options, impl="trl" if method == "sft-trl" else "mint"))
     torch.manual_seed(0)
     result = optimizer.train(student=built_env["student"], examples=rows, output_dir=tmp_path / method,
                              ctx=built_env["ctx"])

@@ -553,11 +553,11 @@ def test_packed_kto_matches_trl_on_mllama(vision_env):
                 assert mint_row[key] == pytest.approx(trl_row[key], abs=1e-4), (key, mint_row["step"])
 
 
-@pytest.mark.parametrize("method", ["dpo", "kto", "sft"])
-def test_vision_methods_train_two_steps(vision_env, method):
+@pytest.mark.parametrize("method,impl", [("dpo", "auto"), ("kto", "auto"), ("sft", "auto"), ("sft", "trl")])
+def test_vision_methods_train_two_steps(vision_env, method, impl):
     torch.manual_seed(0)
-    out = vision_env["run_dir"] / "students" / method
-    result = OPTIMIZERS[method](_config(method)).train(
+    out = vision_env["run_dir"] / "students" / f"{method}-{impl}"
+    result = OPTIMIZERS[method](_config(method, impl=impl)).train(
         student=vision_env["student"], examples=vision_env["examples"][method], output_dir=out,
         ctx=vision_env["ctx"])
     assert result.metrics["global_step"] == 2
