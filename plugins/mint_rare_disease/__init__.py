@@ -19,7 +19,11 @@ __all__ = ["RareDiseaseConfig", "mint_register_tasks"]
 @hookimpl
 def mint_register_tasks(register):  # noqa: ANN001 - pluggy passes the core's register callable
     register("rare-disease", _make_task, config=RareDiseaseConfig,
-             description="Rare genetic diseases: HPO-based notes + face image (simulated from HPO or phenopackets)")
+             description="Rare genetic diseases: HPO-based notes + face image (simulated from HPO or phenopackets)",
+             # mint compare: DPO (from SFT) at its own rate; at the shared 1e-3 it collapsed into hallucinated
+             # names (0.93). benchmarks/method_lr_sweep.py on the 20 validation cases of the demo: 1e-5 top-10
+             # 0.45 against 1e-4's 0.35 (both top-1 0.05, well-formed 1.0); README "Text comparison".
+             demo={"compare": {"learning_rates": "dpo=1e-5"}})
 
 
 def _make_task(config: RareDiseaseConfig):  # noqa: ANN202
