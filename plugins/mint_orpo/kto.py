@@ -65,14 +65,15 @@ def kto_features(sm: StudentModel, examples: Sequence[PreferenceExample], *, bat
     the answer of the row before (the first row takes the last one's), cut to fit ``max_length``
     after this row's prompt: TRL's ``KL_completion_ids`` for the same order.
     """
+    rows = kto_rows(examples)
     encoded = []
-    for example, answer, label in kto_rows(examples):
+    for example, answer, label in rows:
         prompt, answer_ids, extras = encode_answer(sm, example.prompt, answer, max_length=max_length,
                                                    max_prompt_length=max_prompt_length)
         if answer_ids:
             encoded.append({"case_id": example.case_id, "prompt_ids": prompt, "chosen_ids": answer_ids,
                             "label": label, "extras": extras})
-    dropped = sum(1 for _ in kto_rows(examples)) - len(encoded)
+    dropped = len(rows) - len(encoded)
     if dropped and ctx is not None:
         ctx.log(f"KTO: {dropped} example(s) dropped: the prompt fills max_length (raise optimizer.max_length)")
     if not encoded:
