@@ -33,7 +33,7 @@ import torch
 from mint_core.registry import MintError
 from mint_core.types import PreferenceExample
 from mint_orpo.dpo import PackedDpoOptimizer, _trainer_class as _dpo_trainer_class
-from mint_orpo.optimizer import encode_answer
+from mint_orpo.optimizer import encode_answers
 from mint_orpo.trainer import PairCollator
 
 if TYPE_CHECKING:
@@ -65,19 +65,9 @@ def kto_features(sm: StudentModel, examples: Sequence[PreferenceExample], *, bat
     the answer of the row before (the first row takes the last one's), cut to fit ``max_length``
     after this row's prompt: TRL's ``KL_completion_ids`` for the same order.
     """
-    rows = kto_rows(examples)
-    encoded = []
-    for example, answer, label in rows:
-        prompt, answer_ids, extras = encode_answer(sm, example.prompt, answer, max_length=max_length,
-                                                   max_prompt_length=max_prompt_length)
-        if answer_ids:
-            encoded.append({"case_id": example.case_id, "prompt_ids": prompt, "chosen_ids": answer_ids,
-                            "label": label, "extras": extras})
-    dropped = len(rows) - len(encoded)
-    if dropped and ctx is not None:
-        ctx.log(f"KTO: {dropped} example(s) dropped: the prompt fills max_length (raise optimizer.max_length)")
-    if not encoded:
-        raise MintError(f"optimizer=kto: every prompt fills optimizer.max_length={max_length}; raise it")
+    rows = [(example, answer, {"label": label}) for example, answer, label in kto_rows(examples)]
+    encoded = encode_answers(sm, rows, name="kto", max_length=max_length, max_prompt_length=max_prompt_length,
+                             ctx=ctx)
     random.Random(seed).shuffle(encoded)  # the TRL path's shuffle (mint_trl.data.to_dataset)
     for start in range(0, len(encoded), batch_size):
         group = encoded[start:start + batch_size]

@@ -60,6 +60,35 @@ def encode_pair(sm: StudentModel, example: PreferenceExample, *, max_length: int
             "extras": extras}
 
 
+def encode_answers(sm: StudentModel, rows: Sequence[tuple[PreferenceExample, str, dict[str, Any]]], *, name: str,
+                   max_length: int, max_prompt_length: int, ctx: RunContext | None = None) -> list[dict[str, Any]]:
+    """Single-answer features (KTO, SFT): per ``(example, answer, fields)`` row, ``case_id``,
+    ``prompt_ids``, ``chosen_ids`` (the answer, by :func:`encode_answer`), ``extras`` and ``fields``.
+
+    Rows whose answer does not fit ``max_length`` are dropped (logged); none left is an error.
+    """
+    features = []
+    for example, answer, fields in rows:
+        prompt, answer_ids, extras = encode_answer(sm, example.prompt, answer, max_length=max_length,
+                                                   max_prompt_length=max_prompt_length)
+        if answer_ids:
+            features.append({"case_id": example.case_id, "prompt_ids": prompt, "chosen_ids": answer_ids,
+                             "extras": extras, **fields})
+    return check_dropped(features, total=len(rows), name=name, max_length=max_length, ctx=ctx)
+
+
+def check_dropped(features: list[dict[str, Any]], *, total: int, name: str, max_length: int,
+                  ctx: RunContext | None = None) -> list[dict[str, Any]]:
+    """``features`` back, after logging how many of ``total`` rows did not fit ``max_length``; none left is an error."""
+    dropped = total - len(features)
+    if dropped and ctx is not None:
+        ctx.log(f"{name.upper()}: {dropped} example(s) dropped: the prompt fills max_length "
+                "(raise optimizer.max_length)")
+    if not features:
+        raise MintError(f"optimizer={name}: every prompt fills optimizer.max_length={max_length}; raise it")
+    return features
+
+
 def encode_pairs(sm: StudentModel, examples: Sequence[PreferenceExample], *, max_length: int,
                  max_prompt_length: int, ctx: RunContext | None = None) -> list[dict[str, Any]]:
     features = []

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from mint_core.registry import MintError
 from mint_core.types import PreferenceExample
 from mint_orpo.common import find_init_adapter
-from mint_orpo.optimizer import OrpoOptimizer, encode_answer
+from mint_orpo.optimizer import OrpoOptimizer, encode_answers
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,9 +34,9 @@ def sft_answers(examples: Sequence[PreferenceExample]) -> list[tuple[PreferenceE
             out.append((ex, ex.completion))
         elif ex.chosen is not None:
             out.append((ex, ex.chosen))
-        elif ex.kind == "unpaired" and ex.completion is not None:
-            if ex.label:
-                out.append((ex, ex.completion))  # an undesirable answer has nothing to imitate
+        elif ex.kind == "unpaired":  # an undesirable answer has nothing to imitate: skipped
+            if ex.label and ex.completion is not None:
+                out.append((ex, ex.completion))
         else:
             raise MintError(f"optimizer=sft cannot train on preference example {ex.case_id!r} (kind={ex.kind!r}): "
                             "it needs answers to imitate: use --builder sft (or topk)")
@@ -72,17 +72,6 @@ class PackedSftOptimizer(OrpoOptimizer):
     def encode_features(self, sm: StudentModel, examples: Sequence[PreferenceExample], *,
                         ctx: RunContext) -> list[dict[str, Any]]:
         cfg = self.config
-        answers = sft_answers(examples)
-        features = []
-        for example, answer in answers:
-            prompt, answer_ids, extras = encode_answer(sm, example.prompt, answer, max_length=int(cfg.max_length),
-                                                       max_prompt_length=int(cfg.max_prompt_length))
-            if answer_ids:
-                features.append({"case_id": example.case_id, "prompt_ids": prompt, "chosen_ids": answer_ids,
-                                 "rejected_ids": [], "extras": extras})
-        if len(features) < len(answers):
-            ctx.log(f"SFT: {len(answers) - len(features)} example(s) dropped: the prompt fills max_length "
-                    "(raise optimizer.max_length)")
-        if not features:
-            raise MintError(f"optimizer=sft: every prompt fills optimizer.max_length={cfg.max_length}; raise it")
-        return features
+        rows = [(example, answer, {"rejected_ids": []}) for example, answer in sft_answers(examples)]
+        return encode_answers(sm, rows, name="sft", max_length=int(cfg.max_length),
+                              max_prompt_length=int(cfg.max_prompt_length), ctx=ctx)

@@ -23,7 +23,7 @@ _INIT_HELP = ("Start from this adapter: a peft adapter folder, a student folder 
 
 @dataclass
 class PackedOptions(TrainingOptions):
-    """Layout options of MINT's packed trainers (``impl=mint``), shared by ``dpo`` and ``kto``."""
+    """Layout options of MINT's packed trainers (``impl=mint``), shared by ``dpo``, ``kto`` and ``sft``."""
 
     packing: str = field(default="auto", metadata={
         "help": "impl=mint: auto (shared-prompt rows where the attention takes 4D masks), packed, two-sequence."})

@@ -19,17 +19,14 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 from mint_core.components import StudentModel
 from mint_core.registry import MintError
 from mint_core.types import PreferenceExample, Prompt
-from mint_orpo.optimizer import encode_answer, encode_pair
+from mint_orpo.kto import kto_rows
+from mint_orpo.optimizer import check_dropped, encode_answer, encode_pair
+from mint_orpo.sft import sft_answers
 
 if TYPE_CHECKING:
     from mint_core.context import RunContext
 
 Method = Literal["dpo", "kto", "sft"]
-
-_BUILDER_HINT = {"dpo": "pairs (chosen/rejected): use --builder topk",
-                 "kto": "unpaired answers or pairs: use --builder kto (or topk)",
-                 "sft": "answers to imitate: use --builder sft (or topk)"}
-
 
 def as_rows(examples: Sequence[PreferenceExample], method: Method) -> list[dict[str, Any]]:
     """``{"prompt": Prompt, ...answer fields}`` per training row for ``method``.
@@ -38,26 +35,16 @@ def as_rows(examples: Sequence[PreferenceExample], method: Method) -> list[dict[
     undesirable (rejected) row. SFT takes SFT examples, the chosen answer of pairs, or the
     desirable answers of unpaired examples.
     """
+    if method == "kto":
+        return [{"prompt": ex.prompt, "completion": answer, "label": label} for ex, answer, label in kto_rows(examples)]
+    if method == "sft":
+        return [{"prompt": ex.prompt, "completion": answer} for ex, answer in sft_answers(examples)]
     rows: list[dict[str, Any]] = []
     for ex in examples:
-        if method == "dpo" and ex.chosen is not None and ex.rejected is not None:
-            rows.append({"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected})
-        elif method == "kto" and ex.kind == "unpaired" and ex.completion is not None and ex.label is not None:
-            rows.append({"prompt": ex.prompt, "completion": ex.completion, "label": bool(ex.label)})
-        elif method == "kto" and ex.chosen is not None and ex.rejected is not None:
-            rows.append({"prompt": ex.prompt, "completion": ex.chosen, "label": True})
-            rows.append({"prompt": ex.prompt, "completion": ex.rejected, "label": False})
-        elif method == "sft" and ex.kind == "sft" and ex.completion is not None:
-            rows.append({"prompt": ex.prompt, "completion": ex.completion})
-        elif method == "sft" and ex.chosen is not None:
-            rows.append({"prompt": ex.prompt, "completion": ex.chosen})
-        elif method == "sft" and ex.kind == "unpaired" and ex.label and ex.completion is not None:
-            rows.append({"prompt": ex.prompt, "completion": ex.completion})
-        elif method == "sft" and ex.kind == "unpaired":
-            continue  # an undesirable answer has nothing to imitate
-        else:
+        if ex.chosen is None or ex.rejected is None:
             raise MintError(f"optimizer={method} cannot train on preference example {ex.case_id!r} "
-                            f"(kind={ex.kind!r}): it needs {_BUILDER_HINT[method]}")
+                            f"(kind={ex.kind!r}): it needs pairs (chosen/rejected): use --builder topk")
+        rows.append({"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected})
     if not rows:
         raise MintError(f"optimizer={method} has no training examples (preferences.jsonl is empty?)")
     return rows
@@ -86,13 +73,7 @@ def tokenized_rows(sm: StudentModel, rows: Sequence[dict[str, Any]], method: Met
         else:
             out.append({"input_ids": prompt_ids + answer_ids,
                         "completion_mask": [0] * len(prompt_ids) + [1] * len(answer_ids)})
-    dropped = len(rows) - len(out)
-    if dropped and ctx is not None:
-        ctx.log(f"{method.upper()}: {dropped} example(s) dropped: the prompt fills max_length "
-                "(raise optimizer.max_length)")
-    if not out:
-        raise MintError(f"optimizer={method}: every prompt fills optimizer.max_length={max_length}; raise it")
-    return out
+    return check_dropped(out, total=len(rows), name=method, max_length=max_length, ctx=ctx)
 
 
 # -- vision: TRL's conversational format -----------------------------------------------------------

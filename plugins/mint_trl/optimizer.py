@@ -1,5 +1,5 @@
-"""The ``dpo``, ``kto`` and ``sft`` optimizers: TRL's trainers with LoRA on a MINT student, or, for
-``dpo`` and ``kto`` where they compute the same loss, MINT's packed trainers (``impl=auto``).
+"""The ``dpo``, ``kto`` and ``sft`` optimizers: TRL's trainers with LoRA on a MINT student, or, where
+they compute the same loss, MINT's packed trainers (``impl=auto``; always for ``sft``).
 
 How the model is prepared (decisions):
 
@@ -79,7 +79,7 @@ class TrlOptimizer(Optimizer):
         else TRL's. ``callbacks`` are extra ``TrainerCallback`` objects (tests use one to simulate a kill).
         """
         cfg = self.config
-        as_rows(examples, self.method)  # the same clear error for unusable examples, whichever trainer runs
+        rows = as_rows(examples, self.method)  # the same clear error for unusable examples, whichever trainer runs
         if cfg.impl != "trl":
             packed, problem = self.packed_optimizer()
             if cfg.impl == "mint" and packed is None:
@@ -89,16 +89,14 @@ class TrlOptimizer(Optimizer):
 
                 return packed(replace(cfg, impl="mint")).train(student=student, examples=examples,
                                                                output_dir=output_dir, ctx=ctx, callbacks=callbacks)
-        return self.train_with_trl(student=student, examples=examples, output_dir=output_dir, ctx=ctx,
-                                   callbacks=callbacks)
+        return self.train_with_trl(student=student, rows=rows, output_dir=output_dir, ctx=ctx, callbacks=callbacks)
 
-    def train_with_trl(self, *, student: Student, examples: Sequence[PreferenceExample], output_dir: Path,
+    def train_with_trl(self, *, student: Student, rows: list[dict[str, Any]], output_dir: Path,
                        ctx: RunContext, callbacks: Sequence[Any] = ()) -> TrainResult:
-        """Train with TRL's trainer (``impl=trl``)."""
+        """Train with TRL's trainer (``impl=trl``) on ``rows`` (:func:`mint_trl.data.as_rows`)."""
         cfg = self.config
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        rows = as_rows(examples, self.method)
         init = find_init_adapter(cfg.init_adapter, output_dir=output_dir)
         sm, peft_config = self._load(student, init=init, ctx=ctx)
         if init is not None:
