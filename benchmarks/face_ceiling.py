@@ -42,16 +42,17 @@ def main(argv: list[str] | None = None) -> dict:
     from mint_hpo.scoring import NaiveBayes
 
     registry = get_registry()
+    alpha = HpoConfig().alpha  # the `hpo` teacher's smoothing
     views = {"notes": ("notes_hpo_ids", "notes_excluded_hpo_ids"), "face_terms": ("facial_hpo_ids", None),
              "notes_and_face_terms": ("hpo_ids", "notes_excluded_hpo_ids")}
-    result: dict = {"benchmark": "face_ceiling", "alpha": HpoConfig().alpha}
+    result: dict = {"benchmark": "face_ceiling", "alpha": alpha}
     for run_dir in args.run_dirs:
         config = resolve(registry, file=load_config_file(run_dir / "config.yaml"))
         data = Run(registry=registry, config=config, run_dir=run_dir, console=Console(stderr=True, quiet=True)).load_data()
         ids = data.labels.ids
         fit_on, test = data.split("train") + data.split("val"), data.split("test")
         for view, (observed, excluded) in views.items():
-            model = NaiveBayes(ids, alpha=HpoConfig().alpha).fit(
+            model = NaiveBayes(ids, alpha=alpha).fit(
                 [(case.label_id, case.meta[observed]) for case in fit_on])
             hits = 0
             for case in test:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 Method = Literal["dpo", "kto", "sft"]
 
+
 def as_rows(examples: Sequence[PreferenceExample], method: Method) -> list[dict[str, Any]]:
     """``{"prompt": Prompt, ...answer fields}`` per training row for ``method``.
 
