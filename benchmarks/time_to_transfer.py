@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -160,15 +162,18 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = OrpoConfig(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, impl=impl,
                          nll_on_prompt=impl == "trl", cache_frozen="auto" if impl == "mint" else "false",
                          save_steps=10**6, seed=int(run.config["seed"]))
-        out = args.run_dir / "time_to_transfer" / impl
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)  # a fresh run, never a resumed one
+        # A fresh folder of this process's own: never a resumed run, and two runs on one run
+        # directory no longer delete each other's checkpoints. Only the timings are kept.
+        (args.run_dir / "time_to_transfer").mkdir(parents=True, exist_ok=True)
+        out = Path(tempfile.mkdtemp(prefix=f"{impl}-", dir=args.run_dir / "time_to_transfer"))
         tokenizer = student.load(ctx=run.ctx).tokenizer
         probe = Checkpoint(tokenizer, config)
         probe.began, probe.cpu_began = time.perf_counter(), time.process_time()
-        OrpoOptimizer(cfg).train(student=student, examples=examples, output_dir=out, ctx=run.ctx, callbacks=[probe])
+        try:
+            OrpoOptimizer(cfg).train(student=student, examples=examples, output_dir=out, ctx=run.ctx,
+                                     callbacks=[probe])
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
         wall = cpu = None
         if probe.passed_at is not None:
             wall, cpu = probe.passed_at
