@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -162,18 +161,16 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = OrpoConfig(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, impl=impl,
                          nll_on_prompt=impl == "trl", cache_frozen="auto" if impl == "mint" else "false",
                          save_steps=10**6, seed=int(run.config["seed"]))
-        # A fresh folder of this process's own: never a resumed run, and two runs on one run
-        # directory no longer delete each other's checkpoints. Only the timings are kept.
-        (args.run_dir / "time_to_transfer").mkdir(parents=True, exist_ok=True)
-        out = Path(tempfile.mkdtemp(prefix=f"{impl}-", dir=args.run_dir / "time_to_transfer"))
         tokenizer = student.load(ctx=run.ctx).tokenizer
         probe = Checkpoint(tokenizer, config)
-        probe.began, probe.cpu_began = time.perf_counter(), time.process_time()
-        try:
-            OrpoOptimizer(cfg).train(student=student, examples=examples, output_dir=out, ctx=run.ctx,
+        work = args.run_dir / "time_to_transfer"
+        work.mkdir(parents=True, exist_ok=True)
+        # A fresh folder of this process's own: never a resumed run, and two runs on one run
+        # directory no longer delete each other's checkpoints. Only the timings are kept.
+        with tempfile.TemporaryDirectory(prefix=f"{impl}-", dir=work, ignore_cleanup_errors=True) as out:
+            probe.began, probe.cpu_began = time.perf_counter(), time.process_time()
+            OrpoOptimizer(cfg).train(student=student, examples=examples, output_dir=Path(out), ctx=run.ctx,
                                      callbacks=[probe])
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
         wall = cpu = None
         if probe.passed_at is not None:
             wall, cpu = probe.passed_at
