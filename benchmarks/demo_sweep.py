@@ -12,8 +12,11 @@ table's times are the epochs' cost; the cache build is timed once per placement 
     python benchmarks/demo_sweep.py --run-dir runs/demo --grid 4:4:1e-3,4:2:2e-3 --json
     python benchmarks/demo_sweep.py --run-dir runs/demo --adapter old=runs/demo/students/orpo/adapter
 
-``--grid`` is ``lora_layers:epochs:lr`` items; ``--adapter NAME=DIR`` evaluates an already trained
-adapter as one more row (no training). Base is always the first row. Results are also written to
+``--grid`` is ``lora_layers:epochs:lr[:q[:negatives]]`` items; the optional ``q`` and ``negatives``
+(``bottom`` or ``hard``) rebuild the training pairs with the ``topk`` builder's rejected side changed
+(the chosen side, k, stays the run's), so the rejected side is swept like the rest; without them
+the run's own preferences are used. ``--adapter NAME=DIR`` evaluates an already trained adapter as
+one more row (no training). Base is always the first row. Results are also written to
 ``<run-dir>/sweep/sweep.json`` row by row, so a killed sweep keeps its finished rows.
 """
 
@@ -31,16 +34,35 @@ from orpo_step import report  # noqa: E402
 from time_to_transfer import load_run  # noqa: E402
 
 
-def parse_grid(text: str) -> list[tuple[int, float, float]]:
-    """``"4:4:1e-3,8:2:2e-3"`` -> [(4, 4.0, 0.001), (8, 2.0, 0.002)]."""
+def parse_grid(text: str) -> list[tuple[int, float, float, int | None, str | None]]:
+    """``"4:4:1e-3,8:4:1e-3:5:hard"`` -> [(4, 4.0, 0.001, None, None), (8, 4.0, 0.001, 5, 'hard')]."""
     items = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         try:
-            layers, epochs, lr = item.split(":")
-            items.append((int(layers), float(epochs), float(lr)))
+            layers, epochs, lr, *rest = item.split(":")
+            if len(rest) > 2 or (len(rest) == 2 and rest[1] not in {"bottom", "hard"}):
+                raise ValueError(item)
+            q = int(rest[0]) if rest else None
+            negatives = rest[1] if len(rest) == 2 else ("bottom" if rest else None)
+            items.append((int(layers), float(epochs), float(lr), q, negatives))
         except ValueError:
-            raise SystemExit(f"--grid item {item!r}: expected lora_layers:epochs:lr, e.g. 4:2:2e-3") from None
+            raise SystemExit(f"--grid item {item!r}: expected lora_layers:epochs:lr[:q[:bottom|hard]], "
+                             f"e.g. 4:2:2e-3 or 8:4:1e-3:5:hard") from None
     return items
+
+
+def rebuilt_examples(run, data, task, *, q: int, negatives: str) -> list:
+    """The run's ``topk`` pairs rebuilt with the rejected side ``q`` / ``negatives`` (same k, same rankings)."""
+    from mint_core.config import build_config
+
+    section = {**run.config["builder"], "q": q, "negatives": negatives}
+    if section.get("name") != "topk":
+        raise SystemExit(f"q/negatives in --grid rebuild the topk builder's pairs; this run's builder is "
+                         f"{section.get('name')!r}")
+    spec = run.registry.get("builder", "topk")
+    options = {k: v for k, v in section.items() if k != "name"}
+    builder = spec.create(build_config(spec.config, options, section="builder", component="topk"))
+    return builder.build(task=task, data=data, rankings=run.load_rankings(), ctx=run.ctx)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,20 +96,24 @@ def main(argv: list[str] | None = None) -> dict:
     done = {row["setting"]: row for row in io.read_json(saved)["rows"]} if saved.exists() else {}
     rows: list[dict] = []
 
-    # One cache per placement: the frozen bottom's states do not depend on epochs or learning rate.
-    caches: dict[tuple[int, int], object] = {}
-    build_seconds: dict[int, float] = {}
+    # One cache per placement and set of pairs: the frozen bottom's states do not depend on epochs or
+    # learning rate (a rebuilt q/negatives changes the rejected answers, so it gets its own).
+    caches: dict[tuple[int, str, int], object] = {}
+    build_seconds: dict[str, float] = {}  # per cache: "L<cached layers>" + the pairs it holds
 
     import mint_orpo.frozen_cache as frozen_cache_module
 
     build_for_training = frozen_cache_module.build_for_training
 
+    active_pairs = ["run"]  # which training pairs the next cache is for (the run's, or a rebuilt q/negatives)
+
     def shared_cache_builder(model, features, *, depth, **kwargs):
-        key = (depth, len(features))
+        key = (depth, active_pairs[0], len(features))
         if key not in caches:
             began = time.perf_counter()
             caches[key] = build_for_training(model, features, depth=depth, **kwargs)
-            build_seconds[depth] = round(time.perf_counter() - began, 1)
+            label = f"L{depth}" + ("" if active_pairs[0] == "run" else f"-{active_pairs[0]}")
+            build_seconds[label] = round(time.perf_counter() - began, 1)
         return caches[key]
 
     frozen_cache_module.build_for_training = shared_cache_builder  # build_mint_trainer imports it at call time
@@ -121,8 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     for item in args.adapter:
         name, _, directory = item.partition("=")
         evaluate_row(name, int(run.config["student"].get("lora_layers") or 0), Path(directory), {"trained": "given"})
-    for lora_layers, epochs, lr in parse_grid(args.grid):
-        name = f"L{lora_layers}-e{epochs:g}-lr{lr:g}"
+    for lora_layers, epochs, lr, q, negatives in parse_grid(args.grid):
+        name = f"L{lora_layers}-e{epochs:g}-lr{lr:g}" + (f"-q{q}-{negatives}" if q is not None else "")
         if name in done:
             rows.append(done[name])
             continue
@@ -136,12 +162,16 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.rmtree(target)  # a fresh training, never a resumed one
         built_before = dict(build_seconds)
         began, cpu_began = time.perf_counter(), time.process_time()
-        result = OrpoOptimizer(cfg).train(student=student, examples=examples, output_dir=target, ctx=run.ctx)
+        pairs = examples if q is None else rebuilt_examples(run, data, task, q=q, negatives=negatives)
+        active_pairs[0] = "run" if q is None else f"q{q}-{negatives}"
+        result = OrpoOptimizer(cfg).train(student=student, examples=pairs, output_dir=target, ctx=run.ctx)
         train_s, train_cpu = time.perf_counter() - began, time.process_time() - cpu_began
-        built_here = sum(s for d, s in build_seconds.items() if d not in built_before)
+        built_here = sum(s for label, s in build_seconds.items() if label not in built_before)
         train_s -= built_here  # the epochs' cost; the build is reported once, in cache_build_seconds
         evaluate_row(name, lora_layers, result.adapter_dir,
                      {"lora_layers": lora_layers, "epochs": epochs, "lr": lr,
+                      "q": q if q is not None else (run.config["builder"].get("q") or n_answers),
+                      "negatives": negatives or run.config["builder"].get("negatives"),
                       "steps": int(result.metrics.get("global_step", 0)),
                       "train_loss": round(result.metrics.get("train_loss", float("nan")), 4),
                       "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu, 1)})

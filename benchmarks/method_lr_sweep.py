@@ -11,6 +11,12 @@ a re-run reuses finished trainings (the pipeline's stage fingerprints).
 
     mint compare --run-dir RUN --methods base,sft          # teacher, preferences, the SFT adapter
     python benchmarks/method_lr_sweep.py --run-dir RUN --method dpo --lrs 5e-5,2e-4,5e-4 --json
+    python benchmarks/method_lr_sweep.py --run-dir RUN --method kto --lrs 5e-5 --from-sft yes --json
+
+``--from-sft``: ``auto`` starts DPO from the SFT adapter, as the grid does, and every other method
+from the base model; ``yes`` starts any method that has ``init_adapter`` from it (rows go to
+``<method>-from-sft.json``); ``no`` starts all from the base model (DPO's rows then go to
+``dpo-from-base.json``).
 
 Pass the chosen rate to the grid with ``mint compare compare.learning_rates=dpo=2e-4``.
 """
@@ -34,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run-dir", type=Path, required=True, help="run with teach done (built when missing)")
     parser.add_argument("--method", required=True, help="optimizer name (dpo, kto, sft, orpo, ...)")
     parser.add_argument("--lrs", required=True, help="comma-separated learning rates, e.g. 5e-5,2e-4")
+    parser.add_argument("--from-sft", choices=("auto", "yes", "no"), default="auto",
+                        help="start from the run's SFT adapter: auto = dpo only (as mint compare), yes, no")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
@@ -56,7 +64,15 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.run_dir / "lr-sweep"
     out.mkdir(exist_ok=True)
     lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
-    saved = out / f"{args.method}.json"
+    from_sft = args.from_sft == "yes" or (args.from_sft == "auto" and args.method == "dpo" and sft.is_dir())
+    if from_sft and not sft.is_dir():
+        raise SystemExit(f"--from-sft yes: no SFT adapter at {sft}; run `mint compare --run-dir {args.run_dir} "
+                         f"--methods base,sft` first")
+    if from_sft and "init_adapter" not in {f for f, *_ in parent.registry.get("optimizer", args.method).config_fields()}:
+        raise SystemExit(f"--from-sft yes: optimizer {args.method!r} has no init_adapter option")
+    # Files and folders keep the plain method name for the grid's own start (DPO: SFT; others: base).
+    tag = args.method if from_sft == (args.method == "dpo") else f"{args.method}-from-{'sft' if from_sft else 'base'}"
+    saved = out / f"{tag}.json"
     # Rows of earlier sweeps at other rates are kept, so a table grows over several calls.
     earlier = io.read_json(saved)["rows"] if saved.exists() else []
     rows = [r for r in earlier if r["lr"] not in lrs]
@@ -64,9 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     trained_seconds = {r["lr"]: r.get("train_seconds", 0.0) for r in earlier}
     for lr in lrs:
         section = {**parent.optimizer_section(args.method, shared), "learning_rate": lr}
-        if args.method == "dpo" and sft.is_dir():
+        if from_sft:
             section["init_adapter"] = str(sft)
-        child = seed_run(parent, int(parent.config["seed"]), run_dir=out / f"{args.method}-lr{lr:g}")
+        child = seed_run(parent, int(parent.config["seed"]), run_dir=out / f"{tag}-lr{lr:g}")
         began = time.perf_counter()
         student_dir = child.train(section=section)
         train_seconds = time.perf_counter() - began
@@ -78,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      n_answers=n_answers, ks=ks, batch_size=eval_cfg.batch_size,
                                      max_new_tokens=eval_cfg.max_new_tokens)
         top = f"top{ks[-1]}"
-        rows.append({"lr": lr, "val_cases": len(val), "top1": round(gen["top1"], 3),
+        rows.append({"lr": lr, "from": "sft" if from_sft else "base", "val_cases": len(val), "top1": round(gen["top1"], 3),
                      "top1_ci": [round(x, 3) for x in gen["top1_ci"]], top: round(gen[top], 3),
                      "well_formed": round(gen["well_formed"], 3), "hallucination": round(gen["hallucination_rate"], 3),
                      "train_loss": round(float(result["metrics"].get("train_loss", float("nan"))), 4),
