@@ -53,15 +53,13 @@ def parse_grid(text: str) -> list[tuple[int, float, float, int | None, str | Non
 
 def rebuilt_examples(run, data, task, *, q: int, negatives: str) -> list:
     """The run's ``topk`` pairs rebuilt with the rejected side ``q`` / ``negatives`` (same k, same rankings)."""
-    from mint_core.config import build_config
+    from mint_core.config import instantiate
 
     section = {**run.config["builder"], "q": q, "negatives": negatives}
     if section.get("name") != "topk":
         raise SystemExit(f"q/negatives in --grid rebuild the topk builder's pairs; this run's builder is "
                          f"{section.get('name')!r}")
-    spec = run.registry.get("builder", "topk")
-    options = {k: v for k, v in section.items() if k != "name"}
-    builder = spec.create(build_config(spec.config, options, section="builder", component="topk"))
+    builder = instantiate(run.registry, {**run.config, "builder": section}, "builder")
     return builder.build(task=task, data=data, rankings=run.load_rankings(), ctx=run.ctx)
 
 
@@ -98,22 +96,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     # One cache per placement and set of pairs: the frozen bottom's states do not depend on epochs or
     # learning rate (a rebuilt q/negatives changes the rejected answers, so it gets its own).
-    caches: dict[tuple[int, str, int], object] = {}
-    build_seconds: dict[str, float] = {}  # per cache: "L<cached layers>" + the pairs it holds
+    # Keyed by "L<cached layers>", plus "-q<q>-<negatives>" for rebuilt pairs.
+    caches: dict[str, object] = {}
+    build_seconds: dict[str, float] = {}
 
     import mint_orpo.frozen_cache as frozen_cache_module
 
     build_for_training = frozen_cache_module.build_for_training
 
-    active_pairs = ["run"]  # which training pairs the next cache is for (the run's, or a rebuilt q/negatives)
+    pairs_suffix = [""]  # the pairs the next cache is for: "" (the run's) or "-q<q>-<negatives>"
 
     def shared_cache_builder(model, features, *, depth, **kwargs):
-        key = (depth, active_pairs[0], len(features))
+        key = f"L{depth}{pairs_suffix[0]}"
         if key not in caches:
             began = time.perf_counter()
             caches[key] = build_for_training(model, features, depth=depth, **kwargs)
-            label = f"L{depth}" + ("" if active_pairs[0] == "run" else f"-{active_pairs[0]}")
-            build_seconds[label] = round(time.perf_counter() - began, 1)
+            build_seconds[key] = round(time.perf_counter() - began, 1)
         return caches[key]
 
     frozen_cache_module.build_for_training = shared_cache_builder  # build_mint_trainer imports it at call time
@@ -148,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
         name, _, directory = item.partition("=")
         evaluate_row(name, int(run.config["student"].get("lora_layers") or 0), Path(directory), {"trained": "given"})
     for lora_layers, epochs, lr, q, negatives in parse_grid(args.grid):
-        name = f"L{lora_layers}-e{epochs:g}-lr{lr:g}" + (f"-q{q}-{negatives}" if q is not None else "")
+        pairs_suffix[0] = "" if q is None else f"-q{q}-{negatives}"
+        name = f"L{lora_layers}-e{epochs:g}-lr{lr:g}{pairs_suffix[0]}"
         if name in done:
             rows.append(done[name])
             continue
@@ -163,7 +162,6 @@ def main(argv: list[str] | None = None) -> dict:
         built_before = dict(build_seconds)
         began, cpu_began = time.perf_counter(), time.process_time()
         pairs = examples if q is None else rebuilt_examples(run, data, task, q=q, negatives=negatives)
-        active_pairs[0] = "run" if q is None else f"q{q}-{negatives}"
         result = OrpoOptimizer(cfg).train(student=student, examples=pairs, output_dir=target, ctx=run.ctx)
         train_s, train_cpu = time.perf_counter() - began, time.process_time() - cpu_began
         built_here = sum(s for label, s in build_seconds.items() if label not in built_before)
