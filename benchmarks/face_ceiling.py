@@ -13,6 +13,15 @@ The gap between ``notes`` and ``notes_and_face_terms`` bounds what a perfect fac
 the ``hpo`` baseline; the gestalt teacher's face CNN reads far less (its face-only top-1 is in
 ``metrics.json``).
 
+A face does not show its terms, only their summed effect on the drawing. Two more views bound a
+reader that recovers the face's *geometry* without error (the renderer's parameters of each face,
+:func:`mint_rare_disease.faces.face_params`, as a landmark model would measure them) and learns the
+diseases from the training faces, as the gestalt teacher must:
+
+- ``face_geometry``: multinomial logistic regression (L2, C = 1, not tuned) on the parameters;
+- ``notes_and_face_geometry``: its log-probabilities added to the notes' naive Bayes scores (two
+  views taken as independent, weight 1, not tuned).
+
     python benchmarks/face_ceiling.py runs/s0 runs/s1 runs/s2 --json
 """
 
@@ -21,6 +30,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -51,16 +62,56 @@ def main(argv: list[str] | None = None) -> dict:
         data = Run(registry=registry, config=config, run_dir=run_dir, console=Console(stderr=True, quiet=True)).load_data()
         ids = data.labels.ids
         fit_on, test = data.split("train") + data.split("val"), data.split("test")
+        truth = torch.tensor([ids.index(case.label_id) for case in test])
+        scores: dict[str, torch.Tensor] = {}
         for view, (observed, excluded) in views.items():
             model = NaiveBayes(ids, alpha=alpha).fit(
                 [(case.label_id, case.meta[observed]) for case in fit_on])
-            hits = 0
-            for case in test:
-                scores = model.log_scores(case.meta[observed], case.meta[excluded] if excluded else [])
-                hits += ids[max(range(len(ids)), key=scores.__getitem__)] == case.label_id
+            scores[view] = torch.tensor([model.log_scores(case.meta[observed], case.meta[excluded] if excluded else [])
+                                         for case in test], dtype=torch.float64)
+        # The face's geometry, read without error: the parameters the renderer drew it from.
+        key = f"{config['seed']}:{config['task']['seed']}"
+        geometry = {case.id: face_geometry(case.meta["facial_hpo_ids"], key=f"{key}:{case.id}")
+                    for case in fit_on + test}
+        log_probs = logistic_log_probs(torch.stack([geometry[case.id] for case in fit_on]),
+                                       torch.tensor([ids.index(case.label_id) for case in fit_on]),
+                                       torch.stack([geometry[case.id] for case in test]), n_labels=len(ids))
+        scores["face_geometry"] = log_probs
+        scores["notes_and_face_geometry"] = scores["notes"] + log_probs
+        for view, view_scores in scores.items():
+            hits = int((view_scores.argmax(-1) == truth).sum())
             # Test top-1 with its 95% Wilson interval, as `mint teach` reports the teachers.
             result[f"{run_dir.name}_{view}"] = with_intervals({"top1": round(hits / len(test), 3), "n": len(test)})
     return report(result, as_json=args.json)
+
+
+def face_geometry(facial_terms: list[str], *, key: str) -> "torch.Tensor":
+    """The renderer's parameters for a case's face (jitter included): what a perfect landmark reader measures."""
+    from mint_rare_disease.faces import PARAM_NAMES, face_params
+
+    params = face_params(facial_terms, key=key)
+    return torch.tensor([getattr(params, name) for name in PARAM_NAMES], dtype=torch.float64)
+
+
+def logistic_log_probs(x: "torch.Tensor", y: "torch.Tensor", x_test: "torch.Tensor", *, n_labels: int,
+                       c: float = 1.0) -> "torch.Tensor":
+    """Test log-probabilities of a multinomial logistic regression fitted on ``(x, y)``: mean cross-entropy
+    plus ``||W||^2 / (2 c n)`` (scikit-learn's ``C``), features standardized on the training rows, L-BFGS."""
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x, x_test = (x - mean) / std, (x_test - mean) / std
+    weight = torch.zeros(x.shape[1], n_labels, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(n_labels, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def closure() -> "torch.Tensor":
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + (weight ** 2).sum() / (2 * c * len(x))
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return torch.log_softmax(x_test @ weight + bias, dim=-1)
 
 
 if __name__ == "__main__":

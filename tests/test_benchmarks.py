@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from demo_sweep import parse_grid  # noqa: E402
+from face_ceiling import face_geometry, logistic_log_probs  # noqa: E402
 
 
 def test_demo_sweep_grid_reads_the_rejected_side():
@@ -21,3 +22,29 @@ def test_demo_sweep_grid_reads_the_rejected_side():
 def test_demo_sweep_grid_rejects_a_malformed_item(item):
     with pytest.raises(SystemExit, match="lora_layers:epochs:lr"):
         parse_grid(item)
+
+
+def test_face_ceiling_logistic_regression_separates_classes_and_shrinks_with_its_penalty():
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    y = torch.arange(3).repeat(20)
+    x = centres[y] + 0.5 * torch.randn(60, 2, generator=generator, dtype=torch.float64)
+    x_test = centres + 0.5 * torch.randn(3, 2, generator=generator, dtype=torch.float64)
+    log_probs = logistic_log_probs(x, y, x_test, n_labels=3)
+    assert log_probs.argmax(-1).tolist() == [0, 1, 2]
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, dtype=torch.float64))
+    # A near-infinite L2 penalty leaves the weights at zero: every class equally likely.
+    flat = logistic_log_probs(x, y, x_test, n_labels=3, c=1e-9)
+    assert torch.allclose(flat.exp(), torch.full((3, 3), 1 / 3, dtype=torch.float64), atol=1e-4)
+
+
+def test_face_ceiling_geometry_is_the_renderers_parameters():
+    from mint_rare_disease.faces import PARAM_NAMES, face_params
+
+    terms = ["HP:0000316", "HP:0000347"]  # hypertelorism, micrognathia
+    expected = face_params(terms, key="0:0:case-1")
+    geometry = face_geometry(terms, key="0:0:case-1")
+    assert geometry.tolist() == [getattr(expected, name) for name in PARAM_NAMES]
+    assert geometry[PARAM_NAMES.index("eye_spacing")] > 0.5 and geometry[PARAM_NAMES.index("jaw")] < -0.5
