@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from demo_sweep import parse_grid  # noqa: E402
-from face_ceiling import face_geometry, logistic_log_probs  # noqa: E402
+from face_ceiling import AnnotatedGeometry, face_geometry, logistic_log_probs  # noqa: E402
 
 
 def test_demo_sweep_grid_reads_the_rejected_side():
@@ -48,3 +48,19 @@ def test_face_ceiling_geometry_is_the_renderers_parameters():
     geometry = face_geometry(terms, key="0:0:case-1")
     assert geometry.tolist() == [getattr(expected, name) for name in PARAM_NAMES]
     assert geometry[PARAM_NAMES.index("eye_spacing")] > 0.5 and geometry[PARAM_NAMES.index("jaw")] < -0.5
+
+
+def test_face_ceiling_annotated_geometry_scores_a_face_for_the_disease_whose_findings_it_shows():
+    import torch
+
+    from mint_rare_disease import hpo
+
+    diseases = ["OMIM:208050", "OMIM:617126"]  # arterial tortuosity syndrome, Alazami-Yuan syndrome
+    facial = {d: [t for t in hpo.disease_terms(d) if hpo.is_facial(t)] for d in diseases}
+    faces = torch.stack([face_geometry(facial[d][i:i + 4], key=f"0:0:{d}:{i}") for d in diseases for i in range(4)])
+    truth = torch.tensor([0] * 4 + [1] * 4)
+    model = AnnotatedGeometry(diseases).fit(faces, truth)
+    assert model.k in model.ks and model.s in model.ss
+    log_probs = model.log_probs(faces)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(8, dtype=torch.float64))
+    assert log_probs.argmax(-1).tolist() == truth.tolist()
