@@ -78,16 +78,15 @@ def main(argv: list[str] | None = None) -> dict:
                                          for case in test], dtype=torch.float64)
         # The face's geometry, read without error: the parameters the renderer drew it from.
         key = f"{config['seed']}:{config['task']['seed']}"
-        geometry = {case.id: face_geometry(case.meta["facial_hpo_ids"], key=f"{key}:{case.id}")
-                    for case in fit_on + test}
-        log_probs = logistic_log_probs(torch.stack([geometry[case.id] for case in fit_on]),
-                                       torch.tensor([ids.index(case.label_id) for case in fit_on]),
-                                       torch.stack([geometry[case.id] for case in test]), n_labels=len(ids))
+        fit_geometry, test_geometry = (
+            torch.stack([face_geometry(case.meta["facial_hpo_ids"], key=f"{key}:{case.id}") for case in cases])
+            for cases in (fit_on, test))
+        fit_labels = torch.tensor([ids.index(case.label_id) for case in fit_on])
+        log_probs = logistic_log_probs(fit_geometry, fit_labels, test_geometry, n_labels=len(ids))
         scores["face_geometry"] = log_probs
         scores["notes_and_face_geometry"] = scores["notes"] + log_probs
-        annotated = AnnotatedGeometry(ids).fit(torch.stack([geometry[case.id] for case in fit_on]),
-                                               torch.tensor([ids.index(case.label_id) for case in fit_on]))
-        log_likelihoods = annotated.log_probs(torch.stack([geometry[case.id] for case in test]))
+        annotated = AnnotatedGeometry(ids).fit(fit_geometry, fit_labels)
+        log_likelihoods = annotated.log_probs(test_geometry)
         scores["face_geometry_annotated"] = log_likelihoods
         scores["notes_and_face_geometry_annotated"] = scores["notes"] + log_likelihoods
         result[f"{run_dir.name}_annotated_fit"] = {"k": annotated.k, "s": annotated.s}
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     return report(result, as_json=args.json)
 
 
-def face_geometry(facial_terms: list[str], *, key: str) -> "torch.Tensor":
+def face_geometry(facial_terms: list[str], *, key: str) -> torch.Tensor:
     """The renderer's parameters for a case's face (jitter included): what a perfect landmark reader measures."""
     from mint_rare_disease.faces import PARAM_NAMES, face_params
 
@@ -122,7 +121,7 @@ class AnnotatedGeometry:
             self.effects.append(torch.tensor(rows or [[0.0] * len(PARAM_NAMES)], dtype=torch.float64))
         self.k, self.s = ks[0], ss[0]
 
-    def _log_likelihoods(self, x: "torch.Tensor", k: float, s: float) -> "torch.Tensor":
+    def _log_likelihoods(self, x: torch.Tensor, k: float, s: float) -> torch.Tensor:
         columns = []
         for effects in self.effects:
             p = min(1.0, k / len(effects))
@@ -131,7 +130,7 @@ class AnnotatedGeometry:
             columns.append(torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(x))
         return torch.stack(columns, dim=-1)
 
-    def fit(self, x: "torch.Tensor", y: "torch.Tensor") -> "AnnotatedGeometry":
+    def fit(self, x: torch.Tensor, y: torch.Tensor) -> AnnotatedGeometry:
         """Pick ``k`` and ``s`` by the mean log-probability of each face's own disease."""
         def fit_of(k: float, s: float) -> float:
             log_probs = torch.log_softmax(self._log_likelihoods(x, k, s), dim=-1)
@@ -140,12 +139,12 @@ class AnnotatedGeometry:
         self.k, self.s = max(((k, s) for k in self.ks for s in self.ss), key=lambda ks: fit_of(*ks))
         return self
 
-    def log_probs(self, x: "torch.Tensor") -> "torch.Tensor":
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self._log_likelihoods(x, self.k, self.s), dim=-1)
 
 
-def logistic_log_probs(x: "torch.Tensor", y: "torch.Tensor", x_test: "torch.Tensor", *, n_labels: int,
-                       c: float = 1.0) -> "torch.Tensor":
+def logistic_log_probs(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, *, n_labels: int,
+                       c: float = 1.0) -> torch.Tensor:
     """Test log-probabilities of a multinomial logistic regression fitted on ``(x, y)``: mean cross-entropy
     plus ``||W||^2 / (2 c n)`` (scikit-learn's ``C``), features standardized on the training rows, L-BFGS."""
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
@@ -154,7 +153,7 @@ def logistic_log_probs(x: "torch.Tensor", y: "torch.Tensor", x_test: "torch.Tens
     bias = torch.zeros(n_labels, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
 
-    def closure() -> "torch.Tensor":
+    def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + (weight ** 2).sum() / (2 * c * len(x))
         loss.backward()
