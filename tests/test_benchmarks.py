@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from demo_sweep import parse_grid  # noqa: E402
 from face_ceiling import AnnotatedGeometry, face_geometry, logistic_log_probs  # noqa: E402
+from face_reader import face_log_probs, finding_effects  # noqa: E402
 
 
 def test_demo_sweep_grid_reads_the_rejected_side():
@@ -64,3 +65,21 @@ def test_face_ceiling_annotated_geometry_scores_a_face_for_the_disease_whose_fin
     log_probs = model.log_probs(faces)
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(8, dtype=torch.float64))
     assert log_probs.argmax(-1).tolist() == truth.tolist()
+
+
+def test_face_reader_recovers_each_findings_effect_and_scores_the_disease_that_shows_them():
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    true_effects = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    findings = (torch.rand(400, 6, generator=generator) < 0.4).double()
+    reads = findings @ true_effects + 0.5 + 0.01 * torch.randn(400, 3, generator=generator, dtype=torch.float64)
+    effects, bias, noise = finding_effects(findings, reads, ridge=1e-6)
+    assert torch.allclose(effects, true_effects, atol=0.01) and torch.allclose(bias, torch.full((3,), 0.5,
+                                                                                               dtype=torch.float64), atol=0.01)
+    assert noise.shape == (3, 3) and float(noise.diagonal().max()) < 1e-3
+    diseases = [effects[[0, 1]], effects[[2, 3]], effects[[4, 5]]]
+    faces = torch.stack([bias + effects[0] + effects[1], bias + effects[2] + effects[3], bias + effects[4] + effects[5]])
+    log_probs = face_log_probs(faces, diseases, bias, noise + 0.01 * torch.eye(3, dtype=torch.float64), k=2)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, dtype=torch.float64))
+    assert log_probs.argmax(-1).tolist() == [0, 1, 2]
