@@ -121,26 +121,39 @@ class AnnotatedGeometry:
             self.effects.append(torch.tensor(rows or [[0.0] * len(PARAM_NAMES)], dtype=torch.float64))
         self.k, self.s = ks[0], ss[0]
 
-    def _log_likelihoods(self, x: torch.Tensor, k: float, s: float) -> torch.Tensor:
-        columns = []
-        for effects in self.effects:
-            p = min(1.0, k / len(effects))
-            mean = p * effects.sum(0)
-            cov = p * (1 - p) * effects.T @ effects + s * s * torch.eye(effects.shape[1], dtype=torch.float64)
-            columns.append(torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(x))
-        return torch.stack(columns, dim=-1)
+    def _log_probs(self, x: torch.Tensor, k: float, s: float) -> torch.Tensor:
+        noise = s * s * torch.eye(self.effects[0].shape[1], dtype=torch.float64)
+        return disease_log_probs(x, self.effects, torch.zeros_like(noise[0]), noise, k)
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> AnnotatedGeometry:
         """Pick ``k`` and ``s`` by the mean log-probability of each face's own disease."""
-        def fit_of(k: float, s: float) -> float:
-            log_probs = torch.log_softmax(self._log_likelihoods(x, k, s), dim=-1)
-            return float(log_probs[torch.arange(len(y)), y].mean())
-
-        self.k, self.s = max(((k, s) for k in self.ks for s in self.ss), key=lambda ks: fit_of(*ks))
+        self.k, self.s = max(((k, s) for k in self.ks for s in self.ss),
+                             key=lambda ks: mean_log_prob_of_truth(self._log_probs(x, *ks), y))
         return self
 
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self._log_likelihoods(x, self.k, self.s), dim=-1)
+        return self._log_probs(x, self.k, self.s)
+
+
+def disease_log_probs(x: torch.Tensor, disease_effects: list[torch.Tensor], bias: torch.Tensor,
+                      noise: torch.Tensor, k: float) -> torch.Tensor:
+    """Each disease's normalized log-likelihood for each face's geometry ``x`` (rows sum to 1 in probability).
+
+    A disease showing ``k`` of its ``n`` findings (rows of its ``[n, parameters]`` effects) at random:
+    mean ``bias + (k/n) sum e_t``, covariance ``(k/n)(1 - k/n) sum e_t e_t^T + noise``.
+    """
+    columns = []
+    for effects in disease_effects:
+        p = min(1.0, k / len(effects))  # len >= 1: a disease without findings has one zero row
+        mean = bias + p * effects.sum(0)
+        covariance = p * (1 - p) * effects.T @ effects + noise
+        columns.append(torch.distributions.MultivariateNormal(mean, covariance_matrix=covariance).log_prob(x))
+    return torch.log_softmax(torch.stack(columns, dim=-1), dim=-1)
+
+
+def mean_log_prob_of_truth(log_probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean log-probability given to each row's own label ``y``: what the generative fits maximize."""
+    return float(log_probs[torch.arange(len(y)), y].mean())
 
 
 def logistic_log_probs(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, *, n_labels: int,

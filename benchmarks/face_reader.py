@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from face_ceiling import disease_log_probs, face_geometry, mean_log_prob_of_truth  # noqa: E402
 from orpo_step import report  # noqa: E402
 
 IMAGE_SIZE = 64  # the gestalt teacher's default image_size
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     reads = reader(images)
     effects, bias, noise = finding_effects(findings, reads)
     # A disease without facial annotations predicts the average face (no finding's effect).
-    disease_effects = [effects[[vocabulary.index(t) for t in facial[d]]] if facial[d] else torch.zeros_like(effects[:1])
+    position = {t: i for i, t in enumerate(vocabulary)}
+    disease_effects = [effects[[position[t] for t in facial[d]]] if facial[d] else torch.zeros_like(effects[:1])
                        for d in ids]
 
     from mint_gestalt.images import load_images
@@ -91,14 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
             for name, cases in splits.items()}
     truth = {name: torch.tensor([ids.index(case.label_id) for case in cases]) for name, cases in splits.items()}
     fit_x, fit_y = torch.cat([read["train"], read["val"]]), torch.cat([truth["train"], truth["val"]])
-    k = max(range(1, 8), key=lambda k: float(face_log_probs(fit_x, disease_effects, bias, noise, k)
-                                             [torch.arange(len(fit_y)), fit_y].mean()))
-    face = {name: face_log_probs(x, disease_effects, bias, noise, k) for name, x in read.items()}
+    k = max(range(1, 8), key=lambda k: mean_log_prob_of_truth(
+        disease_log_probs(fit_x, disease_effects, bias, noise, k), fit_y))
+    face = {name: disease_log_probs(x, disease_effects, bias, noise, k) for name, x in read.items()}
     result["k"] = k
-    result["train_mean_log_prob_of_truth"] = round(float(face["train"][torch.arange(len(truth["train"])),
-                                                                       truth["train"]].mean()), 2)
-    teacher = {name: torch.tensor([[max(dict(zip(rankings[c.id].label_ids, rankings[c.id].scores)).get(d, 0.0), 1e-12)
-                                    for d in ids] for c in cases]).log() for name, cases in splits.items()}
+    result["train_mean_log_prob_of_truth"] = round(mean_log_prob_of_truth(face["train"], truth["train"]), 2)
+    teacher = {name: torch.tensor([teacher_probs(rankings[c.id], ids) for c in cases]).log()
+               for name, cases in splits.items()}
 
     def top1(scores: torch.Tensor, name: str) -> dict:
         return with_intervals({"top1": round(float((scores.argmax(-1) == truth[name]).float().mean()), 3),
@@ -113,30 +114,32 @@ def main(argv: list[str] | None = None) -> dict:
         if val["top1"] > best[0]:
             best = (val["top1"], w)
     result["chosen_weight"] = best[1]
-    result["chosen_test"] = (top1(teacher["test"] + best[1] * face["test"], "test"))
+    result["chosen_test"] = top1(teacher["test"] + best[1] * face["test"], "test")
     return report(result, as_json=args.json)
+
+
+def teacher_probs(ranking, ids: list[str]) -> list[float]:
+    """The teacher's probability of each label in ``ids`` order (floored, so its log is finite)."""
+    scores = dict(zip(ranking.label_ids, ranking.scores))
+    return [max(scores.get(label_id, 0.0), 1e-12) for label_id in ids]
 
 
 def render_corpus(vocabulary: list[str], n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` faces of 0-7 random findings: uint8 images, their geometry, their findings (multi-hot)."""
-    from PIL import Image
-
-    from mint_rare_disease.faces import PARAM_NAMES, face_params, render_face
+    from mint_gestalt.images import image_tensor
+    from mint_rare_disease.faces import PARAM_NAMES, render_face
 
     rng = random.Random(f"face-reader:{seed}")
+    position = {t: i for i, t in enumerate(vocabulary)}
     images = torch.zeros(n, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     geometry = torch.zeros(n, len(PARAM_NAMES))
     findings = torch.zeros(n, len(vocabulary))
     for i in range(n):
         terms, key = rng.sample(vocabulary, rng.randint(0, 7)), f"face-reader:{seed}:{i}"
         # Rendered at the task's 128 px and resized as the teacher loads every face.
-        image = render_face(terms, key=key, size=128).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE),
-                                                                           Image.Resampling.BILINEAR)
-        images[i] = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(
-            IMAGE_SIZE, IMAGE_SIZE, 3).permute(2, 0, 1)
-        params = face_params(terms, key=key)
-        geometry[i] = torch.tensor([getattr(params, name) for name in PARAM_NAMES])
-        findings[i, [vocabulary.index(t) for t in terms]] = 1.0
+        images[i] = image_tensor(render_face(terms, key=key, size=128), IMAGE_SIZE)
+        geometry[i] = face_geometry(terms, key=key)
+        findings[i, [position[t] for t in terms]] = 1.0
     return images, geometry, findings
 
 
@@ -178,18 +181,6 @@ def finding_effects(findings: torch.Tensor, reads: torch.Tensor, ridge: float = 
                                   design.T @ reads)
     residual = reads - design @ solution
     return solution[:-1], solution[-1], torch.cov(residual.T)
-
-
-def face_log_probs(reads: torch.Tensor, disease_effects: list[torch.Tensor], bias: torch.Tensor,
-                   noise: torch.Tensor, k: int) -> torch.Tensor:
-    """Normalized log-likelihood of each disease for each face's reads (rows sum to 1 in probability)."""
-    columns = []
-    for effects in disease_effects:
-        p = min(1.0, k / len(effects))  # len >= 1: a disease without findings has one zero row
-        mean = bias + p * effects.sum(0)
-        covariance = p * (1 - p) * effects.T @ effects + noise
-        columns.append(torch.distributions.MultivariateNormal(mean, covariance_matrix=covariance).log_prob(reads))
-    return torch.log_softmax(torch.stack(columns, dim=-1), dim=-1)
 
 
 if __name__ == "__main__":

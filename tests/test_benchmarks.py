@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from demo_sweep import parse_grid  # noqa: E402
-from face_ceiling import AnnotatedGeometry, face_geometry, logistic_log_probs  # noqa: E402
-from face_reader import face_log_probs, finding_effects  # noqa: E402
+from face_ceiling import AnnotatedGeometry, disease_log_probs, face_geometry, logistic_log_probs  # noqa: E402
+from face_reader import finding_effects  # noqa: E402
 
 
 def test_demo_sweep_grid_reads_the_rejected_side():
@@ -80,6 +80,6 @@ def test_face_reader_recovers_each_findings_effect_and_scores_the_disease_that_s
     assert noise.shape == (3, 3) and float(noise.diagonal().max()) < 1e-3
     diseases = [effects[[0, 1]], effects[[2, 3]], effects[[4, 5]]]
     faces = torch.stack([bias + effects[0] + effects[1], bias + effects[2] + effects[3], bias + effects[4] + effects[5]])
-    log_probs = face_log_probs(faces, diseases, bias, noise + 0.01 * torch.eye(3, dtype=torch.float64), k=2)
+    log_probs = disease_log_probs(faces, diseases, bias, noise + 0.01 * torch.eye(3, dtype=torch.float64), k=2)
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, dtype=torch.float64))
     assert log_probs.argmax(-1).tolist() == [0, 1, 2]

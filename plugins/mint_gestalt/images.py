@@ -11,6 +11,12 @@ from PIL import Image
 from mint_core.registry import MintError
 
 
+def image_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """A PIL image as uint8 ``[3, size, size]`` RGB, resized exactly as every face the teacher reads."""
+    rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+
+
 def load_images(paths: Sequence[Path | None], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(uint8 [N, 3, size, size], bool mask [N])``; a missing image (``None``) is all zeros, mask False."""
     images = torch.zeros(len(paths), 3, size, size, dtype=torch.uint8)
@@ -20,10 +26,9 @@ def load_images(paths: Sequence[Path | None], size: int) -> tuple[torch.Tensor, 
             continue
         try:
             with Image.open(path) as image:
-                rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                images[i] = image_tensor(image, size)
         except (OSError, ValueError) as exc:
             raise MintError(f"Cannot read the image {str(path)!r} ({exc}); rerun the task stage to recreate it") from None
-        images[i] = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
         mask[i] = True
     return images, mask
 
