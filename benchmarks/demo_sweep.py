@@ -76,11 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from mint_core import io
-    from mint_core.evaluation import calibration_reference, evaluate_generation, ranking_from_scores
+    from mint_core.evaluation import calibration_reference, evaluate_generation
+    from mint_core.metrics import ranking_from_scores
     from mint_llama import LlamaTextConfig
     from mint_llama.student import LlamaTextStudent
     from mint_orpo import OrpoConfig
-    from mint_orpo.optimizer import OrpoOptimizer
+    from mint_engine.orpo import OrpoOptimizer
 
     torch.set_num_threads(args.threads)
     run, data, task, examples = load_run(args.run_dir)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     caches: dict[str, object] = {}
     build_seconds: dict[str, float] = {}
 
-    import mint_orpo.frozen_cache as frozen_cache_module
+    import mint_engine.frozen_cache as frozen_cache_module
 
     build_for_training = frozen_cache_module.build_for_training
 

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
 
     from mint_core.config import load_config_file, resolve
-    from mint_core.pipeline import Run, with_intervals
+    from mint_core.metrics import wilson_intervals as with_intervals
+    from mint_core.pipeline import Run
     from mint_core.registry import get_registry
     from mint_hpo import HpoConfig
     from mint_hpo.scoring import NaiveBayes

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
 
     from mint_core.config import load_config_file, resolve
-    from mint_core.pipeline import Run, with_intervals
+    from mint_core.metrics import wilson_intervals as with_intervals
+    from mint_core.pipeline import Run
     from mint_core.registry import get_registry
     from mint_rare_disease import hpo
 

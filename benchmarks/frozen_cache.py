@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     from mint_llama import LlamaTextConfig
     from mint_llama.student import LlamaTextStudent
     from mint_orpo import OrpoConfig
-    from mint_orpo.common import training_arguments_kwargs
-    from mint_orpo.optimizer import build_mint_trainer, encode_pairs
+    from mint_engine.options import training_arguments_kwargs
+    from mint_engine.encoding import encode_pairs
+    from mint_engine.optimizer import build_mint_trainer
+    from mint_engine.orpo import OrpoTrainer
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="frozen-cache-bench-"))
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = OrpoConfig(batch_size=args.batch_size, learning_rate=1e-3, nll_on_prompt=False, cache_frozen=cache)
         kwargs = training_arguments_kwargs(cfg, output_dir=tmp / f"{lora_layers}-{cache}", seed=args.seed)
         began, cpu_began = time.perf_counter(), time.process_time()
-        trainer = build_mint_trainer(cfg, sm, features, args_kwargs=kwargs, callbacks=[], ctx=ctx)
+        trainer = build_mint_trainer(cfg, sm, features, args_kwargs=kwargs, callbacks=[], trainer_cls=OrpoTrainer, ctx=ctx)
         setup = (time.perf_counter() - began, time.process_time() - cpu_began)  # includes building the cache
         trainer.create_optimizer_and_scheduler(num_training_steps=100)
         return trainer, setup, sm
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     second = epoch(cached)
     loads.append(os.getloadavg()[0])
     cache = cached.frozen_cache
-    tokens = sum(s.shape[0] for s in cache.states)
+    tokens = sum(s.shape[0] for s in cache.states.values())
     epoch1, epoch1_cpu = build_s + first[0], build_cpu + first[1]
     result = {
         "benchmark": "frozen_cache", "model": args.model or "SmolLM2-135M-Instruct", "layers": layers,

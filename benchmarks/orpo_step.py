@@ -277,9 +277,11 @@ def build_side(impl: str, student, ctx, args, tmp: Path) -> dict:
     from trl.experimental.utils import DPODataCollatorWithPadding
 
     from mint_orpo import OrpoConfig
-    from mint_orpo.common import training_arguments_kwargs
-    from mint_orpo.optimizer import build_mint_trainer, encode_pairs
-    from mint_orpo.trl_impl import build_trl_trainer, to_trl_row
+    from mint_engine.options import training_arguments_kwargs
+    from mint_engine.encoding import encode_pairs
+    from mint_engine.optimizer import build_mint_trainer
+    from mint_engine.orpo import OrpoTrainer
+    from mint_engine.trl_orpo import build_trl_trainer, to_trl_row
 
     sm = student.load(ctx=ctx, trainable=True)  # same ctx.seed: identical LoRA start on both sides
     lo, hi = (int(x) for x in args.answer_tokens.split("-"))
@@ -294,7 +296,7 @@ def build_side(impl: str, student, ctx, args, tmp: Path) -> dict:
     features = encode_pairs(sm, examples, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     kwargs = training_arguments_kwargs(cfg, output_dir=tmp / impl, seed=args.seed)
     if impl == "mint":
-        trainer = build_mint_trainer(cfg, sm, features, args_kwargs=kwargs, callbacks=[], ctx=None)
+        trainer = build_mint_trainer(cfg, sm, features, args_kwargs=kwargs, callbacks=[], trainer_cls=OrpoTrainer, ctx=None)
         collate = trainer.data_collator
     else:
         trainer = build_trl_trainer(cfg, sm, features, args_kwargs=kwargs)

@@ -6,7 +6,7 @@ with a dense 4D mask) and ``compute_loss`` + ``backward`` is timed for each, alt
 default text student. Padding costs tokens (every row is as long as the batch's longest prompt and
 answers); a dense mask costs attention over the whole row (every query against every key of the
 batch, most of them masked). Which is larger depends on the lengths and the model; this script
-measures it, and ``predicted`` shows what MINT's cost estimate (:func:`mint_orpo.packing.layout_costs`)
+measures it, and ``predicted`` shows what MINT's cost estimate (:func:`mint_engine.packing.layout_costs`)
 would choose.
 
     python benchmarks/padding_free.py --json
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> dict:
     from mint_core.context import RunContext
     from mint_llama import LlamaTextConfig
     from mint_llama.student import LlamaTextStudent
-    from mint_orpo.loss import orpo_loss
-    from mint_orpo.optimizer import encode_pairs
+    from mint_engine.orpo import orpo_loss
+    from mint_engine.encoding import encode_pairs
     from mint_core.decoder import mask_kind_for
-    from mint_orpo.packing import attention_weight, collate_packed, forward_pairs, layout_costs
+    from mint_engine.packing import attention_weight, collate_packed, forward_pairs, layout_costs
 
     torch.set_num_threads(args.threads)
     ctx = RunContext(run_dir=Path(tempfile.mkdtemp()), seed=args.seed, console=Console(stderr=True, quiet=True))

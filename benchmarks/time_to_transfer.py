@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mint_llama import LlamaTextConfig
     from mint_llama.student import LlamaTextModel, LlamaTextStudent
     from mint_orpo import OrpoConfig
-    from mint_orpo.optimizer import OrpoOptimizer
+    from mint_engine.orpo import OrpoOptimizer
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

@@ -69,8 +69,11 @@ def _resolve_run(registry: Registry, *, config_file: str | None, run_dir: str | 
 
 
 def _open_run(**kwargs: Any):
+    from mint_core import distributed
     from mint_core.pipeline import Run
 
+    if not distributed.is_main():  # under a launcher, process 0 alone prints (and writes)
+        console.quiet = err_console.quiet = True
     registry = get_registry()
     config, run_dir = _resolve_run(registry, **kwargs)
     run = Run(registry=registry, config=config, run_dir=run_dir, console=err_console)
@@ -325,7 +328,7 @@ def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results", r
     """The closing tables (fit the terminal, at most 100 columns), then the paired differences:
     ``deltas``, else the run's ``deltas.json``."""
     from mint_core import io
-    from mint_core.pipeline import TABLE_WIDTH, deltas_table, metrics_tables
+    from mint_core.report import TABLE_WIDTH, deltas_table, metrics_tables
 
     for table in metrics_tables(all_metrics, title=title, width=min(console.width, TABLE_WIDTH)):
         console.print(table)

@@ -32,7 +32,8 @@ from typing import Any, Sequence
 
 from mint_core import io
 from mint_core.config import method_learning_rates, parse_overrides
-from mint_core.pipeline import BASE_ROLE, Run, markdown_deltas, markdown_table, roles_in_order
+from mint_core.pipeline import Run
+from mint_core.report import BASE_ROLE, SHORT_NAMES, markdown_deltas, markdown_table, roles_in_order
 from mint_core.registry import MintError
 
 PAPER_ORDER = ["rag", "sft", "dpo", "kto", "orpo"]
@@ -133,7 +134,7 @@ def summarize_seeds(run: Run, runs: dict[int, Run], roles: Sequence[str]) -> dic
     """
     import statistics
 
-    from mint_core.evaluation import paired_comparisons
+    from mint_core.metrics import paired_comparisons
     from mint_core.stats import bootstrap_interval
 
     per_seed = {seed: io.read_json(r.run_dir / "metrics.json") for seed, r in runs.items()}
@@ -286,8 +287,6 @@ def plot_comparison(metrics: dict[str, dict[str, Any]], path: Path | str, seeds:
 def seeds_table(seeds: dict[str, Any]):
     """Terminal summary across seeds: the compared hit keys' mean ± sd and pooled interval per role."""
     from rich.table import Table
-
-    from mint_core.pipeline import SHORT_NAMES
 
     table = Table(title=f"Across seeds {', '.join(map(str, seeds['seeds']))}",
                   caption=f"shared: {seeds['shared']}; pooled CI: per-case outcomes averaged over seeds")

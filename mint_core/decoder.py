@@ -1,7 +1,7 @@
 """Decoder surgery shared by students and trainers: find a model's decoder stack, run a slice of
 its layers, and the attention mask of segment-packed rows.
 
-Two plugins need the same pieces: MINT's packed trainers (``mint_orpo``: the frozen-bottom cache
+Two plugins need the same pieces: MINT's packed trainers (``mint_engine``: the frozen-bottom cache
 runs the bottom layers once, training runs the top) and the vision student (``mint_llama_vision``:
 tiles of one prompt text share the layers below the first cross-attention layer when scoring).
 Plugins do not import each other, so the pieces live here. torch is imported only with this module.

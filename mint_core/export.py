@@ -53,7 +53,7 @@ def _metric_cell(metrics: dict[str, Any], key: str) -> str:
 
 
 def _metrics_section(all_metrics: dict[str, dict[str, Any]], role: str) -> list[str]:
-    from mint_core.pipeline import metric_columns, roles_in_order
+    from mint_core.report import metric_columns, roles_in_order
 
     shown = {r: m for r, m in all_metrics.items() if r in {role, BASE_ROLE, "teacher"}}
     if role not in shown:

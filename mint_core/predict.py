@@ -3,7 +3,7 @@
 For each case the student writes its answer (free, or constrained to the label space), the answer
 is parsed and matched to the label space exactly as evaluation does (hallucinated names kept and
 flagged), and every label is ranked by the student's log-likelihood of answering it, calibrated
-when the run directory holds a calibration vector (:func:`calibration_vector`).
+when the run directory holds a calibration vector (:func:`saved_calibration`).
 
 Inputs (:func:`read_inputs`): a text file (one case per line), JSONL (``id``, ``text`` and/or
 ``image`` per line), a file or folder in the task's own source format (phenopacket JSON for the
@@ -25,7 +25,6 @@ from rich.table import Table
 from mint_core import io
 from mint_core.components import AnswerConstraint, StudentModel, Task
 from mint_core.config import build_config, load_config_file
-from mint_core.evaluation import EvalConfig
 from mint_core.registry import MintError, Registry, get_registry
 from mint_core.types import Case, LabelSpace, Prompt
 
@@ -142,7 +141,7 @@ def _json_case(line: str, *, origin: str, number: int, base: Path) -> Case:
 
 
 # -- ranking -------------------------------------------------------------------------------------
-def calibration_vector(run_dir: Path, role: str, labels: LabelSpace) -> list[float] | None:
+def saved_calibration(run_dir: Path, role: str, labels: LabelSpace) -> list[float] | None:
     """The per-label value to subtract from raw ranking scores, when evaluation saved one; else ``None``.
 
     Read from ``predictions/<role>.calibration.json``: ``{label_id: value}`` or ``{"label_ids": [...],
@@ -223,7 +222,7 @@ class Predictor:
         self.adapter_dir = adapter_dir
         self.model: StudentModel = self.run.component("student").load(ctx=self.run.ctx, adapter_dir=adapter_dir,
                                                                         trainable=False)
-        self.calibration = calibration_vector(self.run.run_dir, role, self.labels)
+        self.calibration = saved_calibration(self.run.run_dir, role, self.labels)
 
     @property
     def eval_config(self) -> dict[str, Any]:
@@ -247,8 +246,8 @@ class Predictor:
     def predict(self, cases: Sequence[Case | str] | str, *, constrained: bool = False, top: int = 10,
                 rank: bool = True, max_new_tokens: int | None = None) -> list[Prediction]:
         """Answer each case (a :class:`Case` or a text of notes) and rank the label space (``top`` labels kept)."""
-        from mint_core.evaluation import NameMatcher, _entries
         from mint_core.answers import parse_answer
+        from mint_core.matching import NameMatcher, unique_entries
 
         if isinstance(cases, str):
             cases = [cases]
@@ -273,35 +272,12 @@ class Predictor:
         out = []
         for case, answer, ranking in zip(case_list, answers, rankings):
             parsed = parse_answer(answer)
-            names, ids = _entries(parsed.names, [matcher.match(name) for name in parsed.names])
+            names, ids = unique_entries(parsed.names, [matcher.match(name) for name in parsed.names])
             out.append(Prediction(case_id=case.id, answer=answer, names=names, matched_ids=ids,
                                   well_formed=parsed.well_formed, problem=parsed.problem,
                                   ranking=ranking[:max(0, top)], constrained=constrained,
                                   calibrated=self.calibration is not None, true_label_ids=list(case.label_ids)))
         return out
-
-
-# -- eval.constrained ----------------------------------------------------------------------------
-def constrained_evaluation(*, student_model: StudentModel, task: Task, data: Any, cases: Sequence[Case],
-                           rankings: Any, n_answers: int, ks: Sequence[int], eval_cfg: EvalConfig,
-                           prompts: Sequence[Prompt] | None, ctx: Any,
-                           teacher_q: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Generation metrics with decoding constrained to the label names, keys prefixed ``c_`` (``eval.constrained``)."""
-    from mint_core.evaluation import evaluate_generation
-
-    if not getattr(student_model, "supports_constrained", False):
-        raise MintError(f"eval.constrained=true: the student {type(student_model).__name__} cannot constrain "
-                        f"generation; set eval.constrained=false")
-    constraint = AnswerConstraint(names=tuple(label.name for label in data.labels),
-                                  noun=getattr(task, "label_noun", "labels"), max_items=n_answers)
-    metrics, predictions = evaluate_generation(
-        student_model=student_model, task=task, data=data, cases=cases, rankings=rankings, n_answers=n_answers, ks=ks,
-        batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens, prompts=prompts,
-        threshold=eval_cfg.fuzzy_threshold, ctx=ctx, teacher_k=n_answers, teacher_q=teacher_q,
-        allowed_answers=constraint)
-    keep = ("answer", "names", "matched_ids", "well_formed", "hits", "outcomes")
-    return ({f"c_{k}": v for k, v in metrics.items() if k != "n"},
-            [{"case_id": row["case_id"], **{f"c_{k}": row[k] for k in keep if k in row}} for row in predictions])
 
 
 # -- showing -------------------------------------------------------------------------------------
@@ -335,5 +311,5 @@ def predictions_table(predictions: Sequence[Prediction], labels: LabelSpace, *, 
     return table
 
 
-__all__ = ["Prediction", "Predictor", "RankedLabel", "calibration_vector", "constrained_evaluation", "open_run", "parse_lines",
+__all__ = ["Prediction", "Predictor", "RankedLabel", "saved_calibration", "open_run", "parse_lines",
            "predictions_table", "rank_labels", "read_inputs", "trained_adapter"]

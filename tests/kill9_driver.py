@@ -112,7 +112,7 @@ def _patch() -> None:
 
     transformers.Trainer.training_step = training_step
 
-    from mint_orpo import common
+    from mint_engine import callbacks as common
 
     real_on_log = common._MetricsLoggerImpl.on_log
 
@@ -156,7 +156,7 @@ def _serve() -> None:
 
     # What a run imports lazily, imported once here so every forked job starts warm. No torch op runs
     # in this parent, so no thread pool exists yet when it forks.
-    import mint_gestalt.teacher, mint_llama.student, mint_orpo.optimizer, mint_orpo.trainer  # noqa: E401,F401
+    import mint_gestalt.teacher, mint_llama.student, mint_engine.optimizer, mint_engine.trainer  # noqa: E401,F401
     import mint_core.evaluation, mint_rare_disease.task  # noqa: E401,F401
     from mint_core.registry import get_registry
 

@@ -70,7 +70,7 @@ def test_adapter_folder_swap_killed_at_the_rename_keeps_the_old_adapter(tmp_path
     from transformers import AutoModelForCausalLM
 
     from mint_llama.testing import build_tiny_llama
-    from mint_orpo import common
+    from mint_engine import checkpoints as common
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(build_tiny_llama(tmp_path / "tiny")),
                            LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
@@ -151,7 +151,7 @@ def _state(step: int):
 def test_metrics_log_resumed_after_a_cut_off_line_keeps_one_whole_row_per_step(tmp_path):
     """A kill half-way through step 3's line, then a resume from checkpoint-2: the cut-off line is
     dropped, step 3 logged again on a line of its own, and the reader sees steps 1, 2, 3 once each."""
-    from mint_orpo.common import MetricsLoggerCallback, read_metrics
+    from mint_engine.callbacks import MetricsLoggerCallback, read_metrics
 
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": 1, "epoch": 0.1, "loss": 1.0}, {"step": 2, "epoch": 0.2, "loss": 0.9}]
@@ -168,7 +168,7 @@ def test_metrics_log_resumed_after_a_cut_off_line_keeps_one_whole_row_per_step(t
 
 def test_metrics_log_resumed_drops_rows_after_the_checkpoint(tmp_path):
     """Rows the killed run logged after its last checkpoint are logged again by the resumed run: one each."""
-    from mint_orpo.common import MetricsLoggerCallback, read_metrics
+    from mint_engine.callbacks import MetricsLoggerCallback, read_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "epoch": s / 10, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3)))

@@ -7,7 +7,8 @@ import pytest
 import core_plugins
 from mint_core import io
 from mint_core.config import parse_overrides, resolve
-from mint_core.pipeline import Run, metrics_tables
+from mint_core.pipeline import Run
+from mint_core.report import metrics_tables
 from mint_core.registry import MintError
 from mint_core.testing import invoke, isolated_registry
 

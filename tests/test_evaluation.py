@@ -9,9 +9,10 @@ import pytest
 
 from mint_core.components import StudentModel, Task
 from mint_core.context import RunContext
-from mint_core.evaluation import (EvalConfig, calibration_reference, calibration_vector, default_ks, evaluate,
-                                  evaluate_generation, evaluate_ranking, generation_metrics, match_names,
-                                  paired_comparisons, ranking_candidates, ranking_from_scores, teacher_metrics)
+from mint_core.evaluation import (EvalConfig, calibration_reference, calibration_vector, evaluate, evaluate_generation,
+                                  evaluate_ranking, ranking_candidates)
+from mint_core.matching import match_names
+from mint_core.metrics import default_ks, generation_metrics, paired_comparisons, ranking_from_scores, teacher_metrics
 from mint_core.registry import MintError
 from mint_core.types import Case, Label, LabelSpace, Prompt, Ranking, TaskData
 

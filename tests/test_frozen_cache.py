@@ -24,7 +24,7 @@ def top_loaded(tiny_dir, tmp_path_factory):
     """A tiny 3-layer student with LoRA on its top layer only (B perturbed) and encoded pairs."""
     from trl.trainer.utils import disable_dropout_in_model
 
-    from mint_orpo.optimizer import encode_pairs
+    from mint_engine.encoding import encode_pairs
 
     torch.manual_seed(0)
     sm = _student(tiny_dir, lora_layers=1).load(ctx=_ctx(tmp_path_factory.mktemp("run")), trainable=True)
@@ -37,7 +37,7 @@ def top_loaded(tiny_dir, tmp_path_factory):
 
 
 def test_lora_layers_places_the_adapter_on_top(top_loaded):
-    from mint_orpo.frozen_cache import frozen_depth
+    from mint_engine.frozen_cache import frozen_depth
 
     sm, _ = top_loaded
     adapted = {n.split(".layers.")[1].split(".")[0] for n, p in sm.model.named_parameters() if p.requires_grad}
@@ -56,9 +56,9 @@ def test_lora_layers_rejects_negative():
 
 
 def _stats_and_grads(model, batch, kind, cache, objective):
-    from mint_orpo.dpo import dpo_loss, reference_weights
-    from mint_orpo.loss import orpo_loss
-    from mint_orpo.packing import forward_pairs
+    from mint_engine.dpo import dpo_loss, reference_weights
+    from mint_engine.orpo import orpo_loss
+    from mint_engine.packing import forward_pairs
 
     model.zero_grad()
     stats = forward_pairs(model, batch, mask_kind=kind, frozen_cache=cache)
@@ -77,9 +77,9 @@ def _stats_and_grads(model, batch, kind, cache, objective):
 @pytest.mark.parametrize("padding_free", [False, True])
 @pytest.mark.parametrize("objective,nll_on_prompt", [("orpo", True), ("orpo", False), ("dpo", False)])
 def test_cached_matches_uncached(top_loaded, attn, padding_free, objective, nll_on_prompt):
-    from mint_orpo.frozen_cache import FrozenBottomCache
+    from mint_engine.frozen_cache import FrozenBottomCache
     from mint_core.decoder import mask_kind_for
-    from mint_orpo.packing import collate_packed
+    from mint_engine.packing import collate_packed
 
     sm, features = top_loaded
     model = sm.model
@@ -114,7 +114,7 @@ def test_cached_matches_uncached(top_loaded, attn, padding_free, objective, nll_
 
 
 def test_cache_plan(top_loaded, tiny_dir, tmp_path):
-    from mint_orpo.frozen_cache import cache_plan
+    from mint_engine.frozen_cache import cache_plan
 
     sm, features = top_loaded
     assert cache_plan(sm.model, "auto", packed=True, features=features, disable_dropout=True)[0] == 2
@@ -135,7 +135,7 @@ def test_training_with_cache_matches_without(tiny_dir, tmp_path, optimizer):
     from safetensors.torch import load_file
 
     from mint_orpo import OrpoConfig
-    from mint_orpo.optimizer import OrpoOptimizer
+    from mint_engine.orpo import OrpoOptimizer
     from mint_trl import DpoConfig, KtoConfig, SftConfig
     from mint_trl.optimizer import OPTIMIZERS
 
@@ -158,7 +158,7 @@ def test_training_with_cache_matches_without(tiny_dir, tmp_path, optimizer):
 
 
 def test_bf16_auto_reads_cpu_flags(tmp_path, monkeypatch):
-    from mint_orpo import common
+    from mint_engine import options as common
 
     amx = tmp_path / "amx"
     amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile avx512f\n\nprocessor\t: 1\n")
@@ -190,7 +190,7 @@ def vision_loaded(tmp_path_factory):
     from mint_llama_vision.from_text import ensure_from_text
     from mint_llama_vision.student import LlamaVisionStudent
     from mint_llama_vision.testing import write_tiny_pngs
-    from mint_orpo.optimizer import encode_pairs
+    from mint_engine.encoding import encode_pairs
 
     root = tmp_path_factory.mktemp("vision-cache")
     built = ensure_from_text(build_tiny_llama(root / "tiny-llama", num_layers=3), cache_root=root / "cache",
@@ -216,7 +216,7 @@ def vision_loaded(tmp_path_factory):
 
 def test_vision_student_caches_the_layers_below_cross_attention(vision_loaded):
     from mint_core.decoder import decoder_of, decoder_slice
-    from mint_orpo.frozen_cache import _shared_prompt_rows, cache_plan, frozen_depth
+    from mint_engine.frozen_cache import _shared_prompt_rows, cache_plan, frozen_depth
 
     sm, features = vision_loaded
     decoder = decoder_of(sm.model)
@@ -235,9 +235,9 @@ def test_vision_student_caches_the_layers_below_cross_attention(vision_loaded):
 @pytest.mark.parametrize("objective,nll_on_prompt", [("orpo", False), ("orpo", True), ("dpo", False)])
 def test_vision_cached_matches_uncached(vision_loaded, objective, nll_on_prompt):
     """Same statistics, loss and gradients (vision tower, projector and cross-attention included)."""
-    from mint_orpo.frozen_cache import FrozenBottomCache
+    from mint_engine.frozen_cache import FrozenBottomCache
     from mint_core.decoder import mask_kind_for
-    from mint_orpo.packing import collate_packed
+    from mint_engine.packing import collate_packed
 
     sm, features = vision_loaded
     model = sm.model

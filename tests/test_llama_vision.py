@@ -320,7 +320,7 @@ def test_built_student_trains_two_steps_with_each_optimizer(built_env, method, t
     from mint_core.answers import format_answer
     from mint_core.types import PreferenceExample
     from mint_orpo import OrpoConfig
-    from mint_orpo.optimizer import OrpoOptimizer
+    from mint_engine.orpo import OrpoOptimizer
     from mint_trl import DpoConfig, KtoConfig, SftConfig
     from mint_trl.optimizer import OPTIMIZERS
 

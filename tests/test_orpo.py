@@ -64,7 +64,7 @@ def _lora_grads(model) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def loaded(tiny_dir, tmp_path_factory):
     """A trainable tiny student (LoRA B perturbed so the adapter matters) and encoded pairs."""
-    from mint_orpo.optimizer import encode_pairs
+    from mint_engine.encoding import encode_pairs
 
     torch.manual_seed(0)
     ctx = _ctx(tmp_path_factory.mktemp("run"))
@@ -83,9 +83,9 @@ def loaded(tiny_dir, tmp_path_factory):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("nll_on_prompt", [True, False])
 def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
-    from mint_orpo.loss import orpo_loss
+    from mint_engine.orpo import orpo_loss
     from mint_core.decoder import mask_kind_for
-    from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs
+    from mint_engine.packing import collate_packed, collate_two_sequence, forward_pairs
 
     sm, features = loaded
     model = sm.model
@@ -151,10 +151,10 @@ def test_packed_statistics_match_an_independent_per_sequence_reference(loaded, n
     computation written here from the model's logits (float64, no MINT helper), to 1e-5."""
     import torch.nn.functional as F
 
-    from mint_orpo.dpo import dpo_loss
-    from mint_orpo.loss import orpo_loss
+    from mint_engine.dpo import dpo_loss
+    from mint_engine.orpo import orpo_loss
     from mint_core.decoder import mask_kind_for
-    from mint_orpo.packing import collate_packed, forward_pairs
+    from mint_engine.packing import collate_packed, forward_pairs
 
     sm, features = loaded
     model, batch, beta = sm.model, features[:4], 0.1
@@ -210,7 +210,7 @@ def test_packed_statistics_match_an_independent_per_sequence_reference(loaded, n
 
 def test_packed_mask_layout():
     from mint_core.decoder import build_pair_mask
-    from mint_orpo.packing import collate_packed
+    from mint_engine.packing import collate_packed
 
     feats = [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
              {"prompt_ids": [1, 2], "chosen_ids": [4], "rejected_ids": [6, 7, 8]}]
@@ -236,11 +236,11 @@ def test_loss_matches_trl(loaded, tmp_path):
     from trl.experimental.utils import DPODataCollatorWithPadding
 
     from mint_orpo import OrpoConfig
-    from mint_orpo.common import training_arguments_kwargs
-    from mint_orpo.loss import orpo_loss
+    from mint_engine.options import training_arguments_kwargs
+    from mint_engine.orpo import orpo_loss
     from mint_core.decoder import mask_kind_for
-    from mint_orpo.packing import collate_packed, forward_pairs
-    from mint_orpo.trl_impl import build_trl_trainer, to_trl_row
+    from mint_engine.packing import collate_packed, forward_pairs
+    from mint_engine.trl_orpo import build_trl_trainer, to_trl_row
 
     sm, features = loaded
     cfg = OrpoConfig(beta=0.25, batch_size=3, max_steps=1)
@@ -260,7 +260,7 @@ def test_loss_matches_trl(loaded, tmp_path):
 
 def _optimizer(**kw):
     from mint_orpo import OrpoConfig
-    from mint_orpo.optimizer import OrpoOptimizer
+    from mint_engine.orpo import OrpoOptimizer
 
     base = dict(batch_size=2, max_steps=3, save_steps=2, learning_rate=1e-3, seed=0, bf16="false")  # fp32 parity
     base.update(kw)
@@ -317,7 +317,7 @@ def test_padding_free_training_matches_padded(tiny_dir, tmp_path):
 def test_choose_padding_free():
     from types import SimpleNamespace
 
-    from mint_orpo.trainer import choose_padding_free
+    from mint_engine.trainer import choose_padding_free
 
     text = [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}]
     image = [{**text[0], "extras": {"pixel_values": torch.zeros(1)}}]
@@ -335,8 +335,8 @@ def test_choose_padding_free():
 
 def test_padding_free_per_batch_by_estimated_cost(loaded):
     """auto under a dense mask: batches with much padding go padding-free, equal-length ones stay padded."""
-    from mint_orpo.packing import attention_weight, layout_costs
-    from mint_orpo.trainer import PairCollator
+    from mint_engine.packing import attention_weight, layout_costs
+    from mint_engine.trainer import PairCollator
 
     sm, _ = loaded
     weight = attention_weight(sm.model)
@@ -443,10 +443,10 @@ def test_vision_student_packed(tmp_path):
     from mint_llama_vision.student import LlamaVisionStudent, collate
     from mint_llama_vision.testing import tiny_mllama_dir, write_tiny_pngs
 
-    from mint_orpo.loss import orpo_loss
-    from mint_orpo.optimizer import encode_pairs
-    from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs
-    from mint_orpo.trainer import choose_packing
+    from mint_engine.orpo import orpo_loss
+    from mint_engine.encoding import encode_pairs
+    from mint_engine.packing import collate_packed, collate_two_sequence, forward_pairs
+    from mint_engine.trainer import choose_packing
 
     torch.manual_seed(0)
     run = tmp_path / "run"

@@ -8,7 +8,8 @@ import pytest
 
 from mint_core import io
 from mint_core.config import load_config_file, parse_overrides, resolve
-from mint_core.pipeline import Run, fingerprint
+from mint_core.pipeline import Run
+from mint_core.rundir import fingerprint
 from mint_core.registry import Registry
 
 

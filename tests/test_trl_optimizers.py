@@ -129,7 +129,7 @@ def test_kto_first_step_is_at_its_reference(text_env, trained):
     the base model's own, computed here for each answer; the batch (2 rows) holds some of them."""
     from itertools import combinations
 
-    from mint_orpo.optimizer import encode_answer
+    from mint_engine.encoding import encode_answer
 
     first = next(r for r in _rows(trained["kto"].output_dir / "metrics.jsonl") if "loss" in r)
     for key in ("rewards/chosen", "rewards/rejected", "kl"):
@@ -157,11 +157,11 @@ def test_packed_dpo_matches_trl(text_env, trained, init, monkeypatch):
     """impl=mint (shared-prompt packed policy and reference forwards) trains the numbers TRL's DPOTrainer does:
     step 1 from the same start, later steps after AdamW updates computed from each side's own gradients;
     steps 3-4 are the second epoch, where MINT reuses the reference log-probs of the first."""
-    import mint_orpo.dpo
+    import mint_engine.dpo
 
     reference_forwards = []
-    real_reference = mint_orpo.dpo.reference_weights
-    monkeypatch.setattr(mint_orpo.dpo, "reference_weights",
+    real_reference = mint_engine.dpo.reference_weights
+    monkeypatch.setattr(mint_engine.dpo, "reference_weights",
                         lambda model: reference_forwards.append(1) or real_reference(model))
     rows = {}
     for impl in ("trl", "mint"):
@@ -312,7 +312,7 @@ def test_packed_sft_loss_and_gradients_match_trl_off_the_reference(text_env, mon
 
 def test_kto_features_pair_each_answer_with_its_batch_predecessors(text_env):
     """The KL answer of each row is the answer of the row before it in its batch (TRL's rotation)."""
-    from mint_orpo.kto import kto_features
+    from mint_engine.kto import kto_features
 
     sm = text_env["student"].load(ctx=text_env["ctx"])
     examples = _examples("kto")

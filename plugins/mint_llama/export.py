@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from mint_core.components import StudentModel
 from mint_core.io import atomic_dir
 from mint_core.registry import MintError
-
-if TYPE_CHECKING:
-    from mint_llama.student import LlamaTextModel
 
 #: Licenses of the models MINT documents, for the model card when the base model's folder has no
 #: README front matter saying so (the GGUF-converted SmolLM2 has none). Prefix match on the hub id.
@@ -43,8 +41,8 @@ def base_model_license(base_model: str, folder: Path | None) -> str | None:
     return next((lic for prefix, lic in KNOWN_LICENSES.items() if base_model.startswith(prefix)), None)
 
 
-def export_text_student(sm: LlamaTextModel, *, out_dir: Path, merged: bool) -> dict[str, Any]:
-    """Write ``sm`` to ``out_dir`` (see :meth:`LlamaTextModel.export`); returns model-card facts."""
+def export_text_student(sm: StudentModel, *, out_dir: Path, merged: bool) -> dict[str, Any]:
+    """Write ``sm`` to ``out_dir`` (see :meth:`StudentModel.export`); returns model-card facts."""
     base = sm.model.get_base_model() if hasattr(sm.model, "get_base_model") else sm.model
     base_folder = Path(base.name_or_path) if base.name_or_path and Path(base.name_or_path).is_dir() else None
     base_model = sm.config.model
@@ -59,7 +57,7 @@ def export_text_student(sm: LlamaTextModel, *, out_dir: Path, merged: bool) -> d
             "merged": merged, "end_token": sm.tokenizer.convert_ids_to_tokens(sm.end_token_id)}
 
 
-def _write_adapter(sm: LlamaTextModel, folder: Path, *, base_model: str) -> None:
+def _write_adapter(sm: StudentModel, folder: Path, *, base_model: str) -> None:
     if not hasattr(sm.model, "peft_config"):
         raise MintError("This student has no adapter to export: export the base model with --merged, "
                         "or pick a trained --role")
@@ -72,7 +70,7 @@ def _write_adapter(sm: LlamaTextModel, folder: Path, *, base_model: str) -> None
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _write_merged(sm: LlamaTextModel, folder: Path) -> None:
+def _write_merged(sm: StudentModel, folder: Path) -> None:
     if getattr(sm.config, "load_in_4bit", False):
         raise MintError("--merged needs full-precision weights: load the student with student.load_in_4bit=false "
                         "to merge (merging into 4-bit weights would round the adapter away)")
@@ -89,7 +87,7 @@ def _write_merged(sm: LlamaTextModel, folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)
 
 
-def _ensure_chat_template(sm: LlamaTextModel, folder: Path) -> None:
+def _ensure_chat_template(sm: StudentModel, folder: Path) -> None:
     """Servers read the chat template from the folder: make sure one was written."""
     if not sm.tokenizer.chat_template:
         return

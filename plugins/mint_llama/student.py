@@ -18,7 +18,7 @@ from mint_core.components import AnswerConstraint, Student, StudentModel
 from mint_core.io import atomic_dir
 from mint_core.registry import MintError
 from mint_core.types import Prompt
-from mint_llama import LlamaTextConfig
+from mint_llama.config import LlamaTextConfig
 from mint_llama.resolve import SMOLLM2_CHAT_TEMPLATE, Resolved, resolve_model
 
 if TYPE_CHECKING:
@@ -403,7 +403,7 @@ class LlamaTextStudent(Student):
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=torch.bfloat16 if dtype == torch.float32 else dtype)
-            kwargs["device_map"] = {"": device.index or 0}
+            kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=False)
         if not getattr(tokenizer, "chat_template", None):
             if "<|im_start|>" not in tokenizer.get_vocab():

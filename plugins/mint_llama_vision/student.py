@@ -23,7 +23,7 @@ from mint_core.decoder import build_pair_mask, cross_attention_layers, decoder_o
 from mint_core.registry import MintError
 from mint_core.types import Prompt
 from mint_llama.student import pick_device, pick_dtype, require_4bit  # shared with the text student
-from mint_llama_vision import DEFAULT_MODEL, TINY, LlamaVisionConfig
+from mint_llama_vision.config import DEFAULT_MODEL, TINY, LlamaVisionConfig
 
 if TYPE_CHECKING:
     from mint_core.context import RunContext
@@ -223,7 +223,7 @@ def _four_bit_kwargs(device: torch.device, dtype: torch.dtype) -> dict[str, Any]
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                                bnb_4bit_use_double_quant=True,
                                llm_int8_skip_modules=["vision_model", "multi_modal_projector", "lm_head"])
-    return {"quantization_config": quant, "device_map": {"": device.index or 0}}
+    return {"quantization_config": quant, "device_map": {"": device.index if device.index is not None else torch.cuda.current_device()}}
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from mint_core.registry import MintError
-from mint_pathclip import PathClipConfig
+from mint_pathclip.config import PathClipConfig
 
 # OpenAI CLIP's normalisation, which PLIP also uses; fine for H&E from scratch too.
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)

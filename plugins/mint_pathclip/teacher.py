@@ -19,7 +19,7 @@ from mint_core.context import RunContext
 from mint_core.io import atomic_path, read_json, write_json
 from mint_core.registry import MintError
 from mint_core.types import Case, LabelSpace, Ranking, TaskData
-from mint_pathclip import PathClipConfig
+from mint_pathclip.config import PathClipConfig
 from mint_pathclip.model import build_backend, compact_vocab, is_scratch
 from mint_pathclip.training import (TEMPLATES, FitHistory, Pairs, class_text_embeddings, image_embeddings,
                                     train_contrastive, train_linear_probe)

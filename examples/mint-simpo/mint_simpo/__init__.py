@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mint_core.hookspecs import hookimpl
-from mint_orpo import OrpoConfig
+from mint_engine import PackedOptions
 
 __version__ = "0.2.0"
 
 
 @dataclass
-class SimpoConfig(OrpoConfig):
-    """SimPO's options: MINT's ORPO trainer options with SimPO's defaults, plus γ and the SFT weight."""
+class SimpoConfig(PackedOptions):
+    """SimPO's options: the training engine's common options with SimPO's defaults, plus γ and the SFT weight."""
 
     beta: float = field(default=2.0, metadata={"help": "Reward scale β (SimPO paper: 2.0-2.5)."})
     gamma: float = field(default=0.5, metadata={"help": "Target reward margin γ between chosen and rejected."})

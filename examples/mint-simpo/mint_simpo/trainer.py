@@ -1,8 +1,9 @@
-"""SimPO on top of MINT's ORPO trainer: only the objective changes.
+"""SimPO on MINT's training engine: only the objective is new.
 
-``OrpoTrainer.pair_loss`` receives each batch's pair statistics (mean per-token log-probabilities
-of the chosen and rejected answers, computed with the shared prompt once) and returns the loss;
-SimPO swaps that one method.
+:meth:`mint_engine.PackedTrainer.pair_loss` receives each batch's pair statistics (mean per-token
+log-probabilities of the chosen and rejected answers, computed with the shared prompt once, and the
+NLL) and returns the loss; :class:`mint_engine.PackedOptimizer` does everything else (encoding,
+packing, the frozen-bottom cache, checkpoints, resuming, several processes).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mint_orpo.optimizer import OrpoOptimizer
-from mint_orpo.trainer import OrpoTrainer
+from mint_engine import PackedOptimizer, PackedTrainer
 
 
 def simpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, *, beta: float, gamma: float,
@@ -40,7 +40,7 @@ def simpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, *, beta
     return loss, metrics
 
 
-class SimpoTrainer(OrpoTrainer):
+class SimpoTrainer(PackedTrainer):
     def __init__(self, *args: Any, gamma: float = 0.5, sft_weight: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gamma, self.sft_weight = float(gamma), float(sft_weight)
@@ -50,15 +50,8 @@ class SimpoTrainer(OrpoTrainer):
                           nll=stats.get("nll"), sft_weight=self.sft_weight)
 
 
-class SimpoOptimizer(OrpoOptimizer):
+class SimpoOptimizer(PackedOptimizer):
     display_name = "SimPO"
-
-    def __init__(self, config: Any):
-        if config.impl != "mint":  # TRL's reference trainer behind impl=trl is ORPO's
-            from mint_core.registry import MintError
-
-            raise MintError(f"optimizer.impl={config.impl!r}: SimPO runs on MINT's trainer only (impl=mint)")
-        super().__init__(config)
 
     def trainer_class(self) -> type:
         return SimpoTrainer

@@ -364,7 +364,7 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
     """Run ``model`` on a collated batch (either layout) and return :func:`pair_statistics`.
 
     The packed layout (``segment_ids`` present) needs ``mask_kind`` (see :func:`mint_core.decoder.mask_kind_for`).
-    ``frozen_cache`` (a :class:`mint_orpo.frozen_cache.FrozenBottomCache`; packed batches carrying
+    ``frozen_cache`` (a :class:`mint_engine.frozen_cache.FrozenBottomCache`; packed batches carrying
     ``feature_index``) replaces the frozen bottom layers' forward by the cached states.
     """
     n_pairs = int(batch["n_chosen"].shape[0])

@@ -1,6 +1,9 @@
-"""``OrpoTrainer``: a ``transformers.Trainer`` whose loss is ORPO over shared-prompt packed pairs.
+""":class:`PackedTrainer`: a ``transformers.Trainer`` over shared-prompt packed pairs; objectives subclass it.
 
-Only ``compute_loss`` and ``log`` are overridden, plus a custom collator, so the Trainer's
+A subclass implements :meth:`PackedTrainer.pair_loss` (ORPO in :mod:`mint_engine.orpo`, DPO, KTO,
+SFT beside it, SimPO in the example plugin) and may extend :meth:`PackedTrainer.pair_statistics`
+(a reference model's statistics). Only ``compute_loss`` and ``log`` are overridden, plus a custom
+collator, so the Trainer's
 accelerate integration (DDP, DeepSpeed, FSDP, mixed precision, gradient accumulation,
 checkpointing and resuming) works unchanged. The forward goes through the wrapped model's own
 ``forward`` (``logits_to_keep`` restricts the vocabulary projection), never through inner modules.
@@ -16,8 +19,7 @@ import torch
 from transformers import Trainer
 
 from mint_core.decoder import mask_kind_for
-from mint_orpo.loss import orpo_loss
-from mint_orpo.packing import collate_packed, collate_two_sequence, forward_pairs, layout_costs, varlen_attention
+from mint_engine.packing import collate_packed, collate_two_sequence, forward_pairs, layout_costs, varlen_attention
 
 
 @dataclass
@@ -25,7 +27,7 @@ class PairCollator:
     """Collates pair features into the packed layout, or the two-sequence one (``packed=False``).
 
     ``padding_free``: True puts the whole batch in one row, False keeps one row per sequence, None
-    decides per batch by :func:`mint_orpo.packing.layout_costs` with ``attention_weight``.
+    decides per batch by :func:`mint_engine.packing.layout_costs` with ``attention_weight``.
     """
 
     pad_id: int
@@ -73,7 +75,7 @@ def choose_padding_free(model: Any, option: str, features: Sequence[dict[str, An
     ``auto``: always where the attention kernel skips the work between packed sequences
     (flash-attention's varlen kernels, flex attention). Under sdpa or eager the single row gets a
     dense mask, so attention runs over every pair of the batch's tokens: per batch, whichever of
-    padding and that attention is estimated cheaper (:func:`mint_orpo.packing.layout_costs`).
+    padding and that attention is estimated cheaper (:func:`mint_engine.packing.layout_costs`).
     Image inputs always keep one row per pair.
     """
     text = str(option).strip().lower()
@@ -90,8 +92,12 @@ def choose_padding_free(model: Any, option: str, features: Sequence[dict[str, An
     return text == "true", "requested"
 
 
-class OrpoTrainer(Trainer):
-    """ORPO on pair features (see :mod:`mint_orpo.packing`); ``beta`` is ORPO's λ."""
+class PackedTrainer(Trainer):
+    """A packed-pair objective (see :mod:`mint_engine.packing`): subclasses implement :meth:`pair_loss`.
+
+    ``beta`` is the objective's strength (ORPO's λ, DPO's and KTO's β); ``mask_kind`` the 4D mask
+    form of the student's attention; ``frozen_cache`` a :class:`mint_engine.frozen_cache.FrozenBottomCache`.
+    """
 
     # compute_loss returns the per-micro-batch mean; the Trainer divides by the accumulation steps.
     loss_is_scaled_for_ga = False
@@ -101,11 +107,26 @@ class OrpoTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.beta = float(beta)
         self.mask_kind = mask_kind
-        #: :class:`mint_orpo.frozen_cache.FrozenBottomCache` or None; used for batches carrying ``feature_index``.
+        #: :class:`mint_engine.frozen_cache.FrozenBottomCache` or None; used for batches carrying ``feature_index``.
         self.frozen_cache = frozen_cache
         self._stored: dict[str, list[float]] = defaultdict(list)
 
+    def _get_train_sampler(self, train_dataset=None):
+        """The training order of :mod:`mint_engine.sharding`: each process keeps its own features."""
+        from mint_engine.sharding import FeatureOrder
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return FeatureOrder(len(dataset), batch_size=self.args.per_device_train_batch_size,
+                            world_size=self.args.world_size, shuffle=self.args.train_sampling_strategy != "sequential",
+                            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.world_size > 1:
+            # The NLL is a mean over the batch's tokens. Each process sees its share of the batch and
+            # DDP averages their gradients: normalising by all processes' tokens / N makes that
+            # average the one-process token mean (same loss, same gradients, whatever N).
+            total = self.accelerator.reduce(inputs["n_nll"].to(self.accelerator.device), reduction="sum")
+            inputs = {**inputs, "n_nll": total.to(inputs["n_nll"].device) / self.args.world_size}
         stats = self.pair_statistics(model, inputs)
         loss, metrics = self.pair_loss(stats)
         for key, value in metrics.items():
@@ -115,7 +136,7 @@ class OrpoTrainer(Trainer):
         return loss
 
     def pair_statistics(self, model: Any, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The batch's pair statistics (:func:`mint_orpo.packing.pair_statistics`) that :meth:`pair_loss` reads.
+        """The batch's pair statistics (:func:`mint_engine.packing.pair_statistics`) that :meth:`pair_loss` reads.
 
         Objectives with a reference model (DPO) extend them with the reference's statistics.
         """
@@ -129,7 +150,7 @@ class OrpoTrainer(Trainer):
         Subclasses swap the objective and keep everything else (packing, logging, checkpoints):
         the example plugin ``mint-simpo`` overrides only this method.
         """
-        return orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], self.beta)
+        raise NotImplementedError(f"{type(self).__name__} defines no pair_loss")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Mean of the metrics of every micro-batch since the last log (as TRL does).

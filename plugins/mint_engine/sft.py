@@ -4,7 +4,7 @@ The ``sft`` optimizer is registered by ``mint_trl`` (TRL's ``SFTTrainer`` stays 
 ``impl=trl``); by default it hands training to :class:`PackedSftOptimizer`. Each answer to imitate
 is a pair feature with an empty rejected block (``[prompt, answer]``), so SFT gets what ORPO and DPO
 get: the vocabulary projection at answer positions only, padding chosen per batch, and the
-frozen-bottom cache (:mod:`mint_orpo.frozen_cache`) when LoRA sits on the top layers only.
+frozen-bottom cache (:mod:`mint_engine.frozen_cache`) when LoRA sits on the top layers only.
 
 The loss is TRL's with ``completion_only_loss=True``: the mean negative log-likelihood over the
 batch's answer tokens (the packed statistics' ``nll`` with ``nll_on_prompt=False``).
@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from mint_core.registry import MintError
 from mint_core.types import PreferenceExample
-from mint_orpo.common import find_init_adapter
-from mint_orpo.optimizer import OrpoOptimizer, encode_answers
+from mint_engine.checkpoints import find_init_adapter
+from mint_engine.encoding import encode_answers
+from mint_engine.optimizer import PackedOptimizer
+from mint_engine.trainer import PackedTrainer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,26 +47,21 @@ def sft_answers(examples: Sequence[PreferenceExample]) -> list[tuple[PreferenceE
     return out
 
 
-def _trainer_class() -> type:
-    from mint_orpo.trainer import OrpoTrainer
+class PackedSftTrainer(PackedTrainer):
+    """MINT's packed trainer with the SFT objective: answer-token NLL (the rejected block is empty)."""
 
-    class PackedSftTrainer(OrpoTrainer):
-        """MINT's packed trainer with the SFT objective: answer-token NLL (the rejected block is empty)."""
-
-        def pair_loss(self, stats):
-            return stats["nll"], {"logps/chosen": stats["chosen_logps"].detach().mean()}
-
-    return PackedSftTrainer
+    def pair_loss(self, stats):
+        return stats["nll"], {"logps/chosen": stats["chosen_logps"].detach().mean()}
 
 
-class PackedSftOptimizer(OrpoOptimizer):
+class PackedSftOptimizer(PackedOptimizer):
     """SFT through MINT's packed trainer. ``config`` is ``mint_trl.SftConfig`` (the ``sft`` options)."""
 
     display_name = "SFT"
     count_name = "rows"
 
     def trainer_class(self) -> type:
-        return _trainer_class()
+        return PackedSftTrainer
 
     def find_init_adapter(self, output_dir: Path) -> Path | None:
         return find_init_adapter(self.config.init_adapter, output_dir=output_dir)

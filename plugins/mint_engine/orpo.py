@@ -1,4 +1,6 @@
-"""The ORPO loss, with TRL's ``ORPOTrainer`` definitions (trl 1.16, ``trl.experimental.orpo``).
+"""ORPO on the packed trainer: the loss, :class:`OrpoTrainer` and :class:`OrpoOptimizer` (``optimizer=orpo``).
+
+The loss has TRL's ``ORPOTrainer`` definitions (trl 1.16, ``trl.experimental.orpo``):
 
 - ``chosen_logps`` / ``rejected_logps``: mean per-token log-probability of each answer (the prompt
   excluded), TRL's ``get_batch_logps(average_log_prob=True)``.
@@ -10,8 +12,15 @@
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 import torch.nn.functional as F
+
+from mint_core.components import StudentModel
+from mint_core.registry import MintError
+from mint_engine.optimizer import PackedOptimizer
+from mint_engine.trainer import PackedTrainer
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -41,3 +50,37 @@ def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, nll: tor
         "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
     }
     return loss, metrics
+
+
+class OrpoTrainer(PackedTrainer):
+    """ORPO on pair features (see :mod:`mint_engine.packing`); ``beta`` is ORPO's λ."""
+
+    def pair_loss(self, stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], self.beta)
+
+
+class OrpoOptimizer(PackedOptimizer):
+    """MINT's ORPO (``optimizer=orpo``); ``impl=trl`` trains TRL's ``ORPOTrainer`` on the same token ids.
+
+    Subclass it for other reference-free pair objectives with an NLL term: override
+    :meth:`trainer_class` (an :class:`OrpoTrainer` subclass whose ``pair_loss`` is the new objective),
+    :meth:`trainer_kwargs` and :attr:`display_name`; or subclass :class:`PackedOptimizer` directly.
+    """
+
+    display_name = "ORPO"
+    impls = ("mint", "trl")
+
+    def trainer_class(self) -> type:
+        return OrpoTrainer
+
+    def check_config(self) -> None:
+        super().check_config()
+        if self.config.impl == "trl" and not getattr(self.config, "nll_on_prompt", True):
+            raise MintError("optimizer.nll_on_prompt=false needs optimizer.impl=mint (TRL's NLL always covers the "
+                            "prompt)")
+
+    def reference_trainer(self, sm: StudentModel, features: list[dict[str, Any]], *, args_kwargs: dict[str, Any],
+                          callbacks: Sequence[Any]) -> Any:
+        from mint_engine.trl_orpo import build_trl_trainer
+
+        return build_trl_trainer(self.config, sm, features, args_kwargs=args_kwargs, callbacks=callbacks)

@@ -12,9 +12,13 @@ read in order). MINT makes that pairing once, up front, and packs it as a pair f
 
 So the policy and the reference each cost one packed forward per batch instead of TRL's two
 padded ones (answer and KL answer), the prompt is encoded once, and the frozen-bottom cache of
-:mod:`mint_orpo.frozen_cache` applies, the features being fixed. The data is shuffled once
-(seeded, as the TRL path does) and read in order, so each batch is exactly the group whose answers
-were rotated and the KL estimate covers the same rows as TRL's.
+:mod:`mint_engine.frozen_cache` applies, the features being fixed. The data is shuffled once
+(seeded, as the TRL path does; not with ``shuffle=false``) and read in order, so each batch is
+exactly the group whose answers were rotated and the KL estimate covers the same rows as TRL's.
+Under several processes the rotation runs over the global batch (decision, issue 30): a row's KL
+answer may come from a row another process trains, and the model does not depend on the number of
+processes (DDP averages the per-process losses of equal-sized shares; the KL estimate is averaged
+across processes, as TRL does).
 
 The loss and metrics are TRL's (trl 1.16, ``KTOTrainer._compute_loss``): summed answer log-probs;
 ``kl = max(0, mean(KL answer: π - ref))``, detached (TRL computes it without gradients);
@@ -30,11 +34,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from mint_core import distributed
 from mint_core.registry import MintError
 from mint_core.types import PreferenceExample
-from mint_orpo.dpo import PackedDpoOptimizer, _trainer_class as _dpo_trainer_class
-from mint_orpo.optimizer import encode_answers
-from mint_orpo.trainer import PairCollator
+from mint_engine.dpo import PackedDpoOptimizer, PackedDpoTrainer
+from mint_engine.encoding import encode_answers
+from mint_engine.options import resolve_seed
+from mint_engine.trainer import PairCollator
 
 if TYPE_CHECKING:
     from mint_core.components import StudentModel
@@ -58,17 +64,21 @@ def kto_rows(examples: Sequence[PreferenceExample]) -> list[tuple[PreferenceExam
 
 
 def kto_features(sm: StudentModel, examples: Sequence[PreferenceExample], *, batch_size: int, seed: int,
-                 max_length: int, max_prompt_length: int, ctx: RunContext | None = None) -> list[dict[str, Any]]:
-    """KTO rows as pair features, shuffled (seeded) into the order training reads them.
+                 max_length: int, max_prompt_length: int, ctx: RunContext | None = None,
+                 shuffle: bool = True) -> list[dict[str, Any]]:
+    """KTO rows as pair features, shuffled (seeded; ``shuffle=False``: file order) into the order training reads them.
 
     ``rejected_ids`` is the row's KL answer: within each run of ``batch_size`` consecutive rows,
     the answer of the row before (the first row takes the last one's), cut to fit ``max_length``
-    after this row's prompt: TRL's ``KL_completion_ids`` for the same order.
+    after this row's prompt: TRL's ``KL_completion_ids`` for the same order. Under several
+    processes ``batch_size`` is the global batch (every process's rows of one step): the KL
+    pairing, and so the model trained, does not depend on how many processes share the batch.
     """
     rows = [(example, answer, {"label": label}) for example, answer, label in kto_rows(examples)]
     encoded = encode_answers(sm, rows, name="kto", max_length=max_length, max_prompt_length=max_prompt_length,
                              ctx=ctx)
-    random.Random(seed).shuffle(encoded)  # the TRL path's shuffle (mint_trl.data.to_dataset)
+    if shuffle:
+        random.Random(seed).shuffle(encoded)  # the TRL path's shuffle (mint_trl.data.to_dataset)
     for start in range(0, len(encoded), batch_size):
         group = encoded[start:start + batch_size]
         answers = [row["chosen_ids"] for row in group]
@@ -112,29 +122,26 @@ class KtoCollator(PairCollator):
         return out
 
 
-def _trainer_class() -> type:
-    class PackedKtoTrainer(_dpo_trainer_class()):
-        """MINT's packed trainer with KTO's objective: answer in the chosen slot, KL answer in the rejected one."""
+class PackedKtoTrainer(PackedDpoTrainer):
+    """MINT's packed trainer with KTO's objective: answer in the chosen slot, KL answer in the rejected one."""
 
-        collator_class = KtoCollator
+    collator_class = KtoCollator
 
-        def __init__(self, *args: Any, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-                     **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.desirable_weight, self.undesirable_weight = float(desirable_weight), float(undesirable_weight)
+    def __init__(self, *args: Any, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.desirable_weight, self.undesirable_weight = float(desirable_weight), float(undesirable_weight)
 
-        def pair_statistics(self, model, inputs):
-            inputs = dict(inputs)
-            desirable = inputs.pop("kto_desirable")
-            return {**super().pair_statistics(model, inputs), "desirable": desirable}
+    def pair_statistics(self, model, inputs):
+        inputs = dict(inputs)
+        desirable = inputs.pop("kto_desirable")
+        return {**super().pair_statistics(model, inputs), "desirable": desirable}
 
-        def pair_loss(self, stats):
-            return kto_loss(stats["chosen_logps_sum"], stats["ref_chosen_logps_sum"], stats["rejected_logps_sum"],
-                            stats["ref_rejected_logps_sum"], stats["desirable"], beta=self.beta,
-                            desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight,
-                            gather=self.accelerator.gather_for_metrics)
-
-    return PackedKtoTrainer
+    def pair_loss(self, stats):
+        return kto_loss(stats["chosen_logps_sum"], stats["ref_chosen_logps_sum"], stats["rejected_logps_sum"],
+                        stats["ref_rejected_logps_sum"], stats["desirable"], beta=self.beta,
+                        desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight,
+                        gather=self.accelerator.gather_for_metrics)
 
 
 class PackedKtoOptimizer(PackedDpoOptimizer):
@@ -144,7 +151,7 @@ class PackedKtoOptimizer(PackedDpoOptimizer):
     count_name = "rows"
 
     def trainer_class(self) -> type:
-        return _trainer_class()
+        return PackedKtoTrainer
 
     def trainer_kwargs(self) -> dict[str, Any]:
         return {**super().trainer_kwargs(), "desirable_weight": self.config.desirable_weight,
@@ -152,14 +159,13 @@ class PackedKtoOptimizer(PackedDpoOptimizer):
 
     def encode_features(self, sm: StudentModel, examples: Sequence[PreferenceExample], *,
                         ctx: RunContext) -> list[dict[str, Any]]:
-        from mint_orpo.common import resolve_seed
-
         cfg = self.config
         if int(cfg.batch_size) < 2:
             raise MintError("optimizer=kto with loss_type=kto estimates its KL reference point from the other "
                             "answers of a batch: set optimizer.batch_size >= 2 (or loss_type=apo_zero_unpaired)")
-        return kto_features(sm, examples, batch_size=int(cfg.batch_size), seed=resolve_seed(cfg, ctx),
-                            max_length=int(cfg.max_length), max_prompt_length=int(cfg.max_prompt_length), ctx=ctx)
+        return kto_features(sm, examples, batch_size=int(cfg.batch_size) * distributed.world_size(),
+                            seed=resolve_seed(cfg, ctx), max_length=int(cfg.max_length),
+                            max_prompt_length=int(cfg.max_prompt_length), ctx=ctx, shuffle=bool(cfg.shuffle))
 
     def training_arguments(self, common: dict[str, Any]) -> dict[str, Any]:
         # Each batch must be the group whose answers were rotated into KL answers: read in order.

@@ -8,7 +8,7 @@ gradients) and keeps the hidden state entering the first adapted layer for every
 and the vocabulary projection, through the model's own ``forward`` (``inputs_embeds`` = the cached
 states, the decoder's layer list cut to its top for the call, see :func:`decoder_slice`).
 
-Why this is exact: in the packed layout (:mod:`mint_orpo.packing`) a token attends only to tokens
+Why this is exact: in the packed layout (:mod:`mint_engine.packing`) a token attends only to tokens
 of its own pair, so its hidden state at any layer does not depend on which other pairs share the
 batch or on padding. The cache stores each pair's tokens in packed order; a batch's states are
 put back where ``segment_ids`` marks real tokens (row-major order is pair by pair, prompt, chosen,
@@ -22,7 +22,8 @@ tower, the projector, the cross-attention layer and the layers above it. The cac
 reaches the first cross-attention layer, whatever is frozen.
 
 Cost: ``tokens x hidden_size x 4`` bytes of memory (fp32), e.g. 160 pairs x ~370 tokens x 576
-(SmolLM2-135M) = ~136 MB; kept in memory, rebuilt when a run resumes.
+(SmolLM2-135M) = ~136 MB; kept in memory, rebuilt when a run resumes. Under several processes each
+builds the states of its own pairs only (:mod:`mint_engine.sharding`): 1/N of that per process.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from mint_core.decoder import cross_attention_layers, decoder_of, decoder_slice
-from mint_orpo.packing import SEG_PAD, SEG_PROMPT, build_pair_mask
+from mint_engine.packing import SEG_PAD, SEG_PROMPT, build_pair_mask
 
 
 def _is_frozen(module: nn.Module) -> bool:
@@ -58,20 +59,29 @@ def frozen_depth(model: Any) -> int:
 
 
 class FrozenBottomCache:
-    """Per training pair, the hidden states ``[tokens, hidden]`` entering decoder layer ``depth``."""
+    """Per training pair, the hidden states ``[tokens, hidden]`` entering decoder layer ``depth``.
 
-    def __init__(self, depth: int, states: Sequence[torch.Tensor]) -> None:
+    ``states`` maps a feature's index to its states. A batch may hold a feature that was not built
+    (a process meeting another's feature at the end of an uneven epoch): :meth:`forward` computes its
+    states then, from ``features`` (the same run of the frozen bottom), and keeps them.
+    """
+
+    def __init__(self, depth: int, states: dict[int, torch.Tensor], *, features: Sequence[dict[str, Any]] = (),
+                 mask_kind: str = "bool", pad_id: int = 0) -> None:
         self.depth = int(depth)
-        self.states = list(states)
+        self.states = dict(states)
+        self.features, self.mask_kind, self.pad_id = list(features), mask_kind, int(pad_id)
 
     @property
     def nbytes(self) -> int:
-        return sum(s.numel() * s.element_size() for s in self.states)
+        return sum(s.numel() * s.element_size() for s in self.states.values())
 
     @classmethod
     def build(cls, model: Any, features: Sequence[dict[str, Any]], *, depth: int, mask_kind: str,
-              pad_id: int = 0, batch_size: int = 8, row_tokens: int = 1024) -> FrozenBottomCache:
-        """Run the frozen bottom (embeddings + ``layers[:depth]``) once over every pair feature.
+              pad_id: int = 0, batch_size: int = 8, row_tokens: int = 1024,
+              indices: Sequence[int] | None = None) -> FrozenBottomCache:
+        """Run the frozen bottom (embeddings + ``layers[:depth]``) once over the pair features ``indices``
+        (default: all of them).
 
         Pairs with the same prompt tokens share one run of that prompt: a row holds the prompt once
         and then the answers of several pairs, each attending to the prompt and to itself only (the
@@ -79,30 +89,35 @@ class FrozenBottomCache:
         tissue task every tile has the same prompt text, so this runs ~40% of the tokens a row per
         pair would; a prompt's bottom states cannot depend on the answers after it.
         """
-        decoder = decoder_of(model)
-        if decoder is None or depth <= 0:
+        cache = cls(depth, {}, features=features, mask_kind=mask_kind, pad_id=pad_id)
+        cache.fill(model, range(len(features)) if indices is None else indices, batch_size=batch_size,
+                   row_tokens=row_tokens)
+        return cache
+
+    def fill(self, model: Any, indices: Sequence[int] | range, *, batch_size: int = 8, row_tokens: int = 1024) -> None:
+        """Compute and keep the states of the features ``indices`` (see :meth:`build`)."""
+        decoder = decoder_of(_unwrapped(model))
+        if decoder is None or self.depth <= 0:
             raise ValueError("the frozen-bottom cache needs a decoder whose bottom layers carry no adapter")
         device = decoder.embed_tokens.weight.device
-        rows = _shared_prompt_rows(features, row_tokens=row_tokens)
-        states: list[torch.Tensor | None] = [None] * len(features)
-        with torch.no_grad(), decoder_slice(decoder, 0, depth, final_norm=False):
+        rows = _shared_prompt_rows(self.features, row_tokens=row_tokens, indices=indices)
+        with torch.no_grad(), decoder_slice(decoder, 0, self.depth, final_norm=False):
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start:start + batch_size]
                 length = max(len(row["ids"]) for row in chunk)
-                ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
+                ids = torch.full((len(chunk), length), self.pad_id, dtype=torch.long)
                 seg = torch.full((len(chunk), length), SEG_PAD, dtype=torch.long)
                 pos = torch.zeros((len(chunk), length), dtype=torch.long)
                 for r, row in enumerate(chunk):
                     n = len(row["ids"])
                     ids[r, :n], seg[r, :n], pos[r, :n] = (torch.tensor(row[k]) for k in ("ids", "seg", "pos"))
-                mask = build_pair_mask(seg.to(device), kind=mask_kind, dtype=decoder.embed_tokens.weight.dtype)
+                mask = build_pair_mask(seg.to(device), kind=self.mask_kind, dtype=decoder.embed_tokens.weight.dtype)
                 hidden = decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device),
                                  use_cache=False).last_hidden_state.float()
                 for r, row in enumerate(chunk):
                     prompt = hidden[r, :row["prompt_len"]]
                     for index, (c0, c1), (r0, r1) in row["pairs"]:
-                        states[index] = torch.cat([prompt, hidden[r, c0:c1], hidden[r, r0:r1]]).clone()
-        return cls(depth, states)
+                        self.states[index] = torch.cat([prompt, hidden[r, c0:c1], hidden[r, r0:r1]]).clone()
 
     def batch_states(self, segment_ids: torch.Tensor, feature_index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The cached states laid out like a packed batch (``segment_ids`` ``[rows, L]``), zeros at padding."""
@@ -117,14 +132,28 @@ class FrozenBottomCache:
 
     def forward(self, model: Any, kwargs: dict[str, Any], *, segment_ids: torch.Tensor,
                 feature_index: torch.Tensor, dtype: torch.dtype) -> Any:
-        """``model(**kwargs)`` with the bottom replaced by the cache: ``input_ids`` become ``inputs_embeds``."""
+        """``model(**kwargs)`` with the bottom replaced by the cache: ``input_ids`` become ``inputs_embeds``.
+
+        ``model`` may be wrapped (DDP): the call goes through the wrapper, the layers are cut inside it.
+        """
+        missing = [int(i) for i in feature_index.tolist() if int(i) not in self.states]
+        if missing:
+            self.fill(model, missing)
         kwargs = {k: v for k, v in kwargs.items() if k != "input_ids"}
         kwargs["inputs_embeds"] = self.batch_states(segment_ids, feature_index, dtype)
-        with decoder_slice(decoder_of(model), self.depth, None):
+        with decoder_slice(decoder_of(_unwrapped(model)), self.depth, None):
             return model(**kwargs)
 
 
-def _shared_prompt_rows(features: Sequence[dict[str, Any]], *, row_tokens: int) -> list[dict[str, Any]]:
+def _unwrapped(model: Any) -> Any:
+    """The model inside a DDP / DeepSpeed wrapper (``.module``), else ``model``."""
+    while hasattr(model, "module") and not hasattr(model, "get_base_model"):
+        model = model.module
+    return model
+
+
+def _shared_prompt_rows(features: Sequence[dict[str, Any]], *, row_tokens: int,
+                       indices: Sequence[int] | range | None = None) -> list[dict[str, Any]]:
     """Rows ``[prompt, chosen_1, rejected_1, chosen_2, ...]`` for pairs sharing a prompt.
 
     Segment 0 is the prompt and every answer has its own segment (so :func:`build_pair_mask` lets it
@@ -132,8 +161,8 @@ def _shared_prompt_rows(features: Sequence[dict[str, Any]], *, row_tokens: int) 
     own packed row. ``pairs`` holds (feature index, chosen span, rejected span) per pair.
     """
     groups: dict[tuple[int, ...], list[int]] = {}
-    for index, feature in enumerate(features):
-        groups.setdefault(tuple(feature["prompt_ids"]), []).append(index)
+    for index in range(len(features)) if indices is None else indices:
+        groups.setdefault(tuple(features[index]["prompt_ids"]), []).append(index)
     rows: list[dict[str, Any]] = []
     for prompt, members in groups.items():
         row: dict[str, Any] | None = None
@@ -181,12 +210,13 @@ def cache_plan(model: Any, option: str, *, packed: bool, features: Sequence[dict
 
 
 def build_for_training(model: Any, features: Sequence[dict[str, Any]], *, depth: int, mask_kind: str,
-                       pad_id: int, log: Any = None) -> FrozenBottomCache:
-    """:meth:`FrozenBottomCache.build`, logging its size and time (what the cache costs)."""
+                       pad_id: int, log: Any = None, indices: Sequence[int] | None = None) -> FrozenBottomCache:
+    """:meth:`FrozenBottomCache.build` over ``indices`` (this process's features), logging its size and time."""
     began = time.perf_counter()
-    cache = FrozenBottomCache.build(model, features, depth=depth, mask_kind=mask_kind, pad_id=pad_id)
+    cache = FrozenBottomCache.build(model, features, depth=depth, mask_kind=mask_kind, pad_id=pad_id, indices=indices)
     if log is not None:
-        tokens = sum(s.shape[0] for s in cache.states)
-        log(f"frozen-bottom cache: layers 0-{depth - 1} of {len(decoder_of(model).layers)} for {len(features)} pairs, "
-            f"{tokens} tokens, {cache.nbytes / 2**20:.1f} MiB, built in {time.perf_counter() - began:.1f} s")
+        tokens = sum(s.shape[0] for s in cache.states.values())
+        share = "" if indices is None else f" (this process's {len(cache.states)} of {len(features)})"
+        log(f"frozen-bottom cache: layers 0-{depth - 1} of {len(decoder_of(model).layers)} for {len(cache.states)} "
+            f"pairs{share}, {tokens} tokens, {cache.nbytes / 2**20:.1f} MiB, built in {time.perf_counter() - began:.1f} s")
     return cache

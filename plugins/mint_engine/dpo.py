@@ -5,7 +5,7 @@ The ``dpo`` optimizer is registered by ``mint_trl`` (TRL's ``DPOTrainer`` stays 
 to :class:`PackedDpoOptimizer`, text and Mllama vision students alike. What carries over from ORPO:
 
 - the policy forward is one ``[prompt, chosen, rejected]`` row per pair (see
-  :mod:`mint_orpo.packing`), with the vocabulary projection on answer tokens only (DPO has no NLL
+  :mod:`mint_engine.packing`), with the vocabulary projection on answer tokens only (DPO has no NLL
   term, so no prompt position is projected at all);
 - the reference forward is the same packed row, without gradients, through the same weights with
   the adapter switched: disabled for a fresh LoRA (the reference is the base model), or the frozen
@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from mint_orpo.common import find_init_adapter
-from mint_orpo.optimizer import OrpoOptimizer
+from mint_engine.checkpoints import find_init_adapter
+from mint_engine.optimizer import PackedOptimizer
+from mint_engine.trainer import PackedTrainer
 
 if TYPE_CHECKING:
     from mint_core.components import StudentModel
@@ -65,54 +66,49 @@ def reference_weights(model: Any) -> Iterator[None]:
             yield
 
 
-def _trainer_class() -> type:
-    from mint_orpo.trainer import OrpoTrainer
+class PackedDpoTrainer(PackedTrainer):
+    """MINT's packed trainer with DPO's objective: a policy and a reference packed forward per batch.
 
-    class PackedDpoTrainer(OrpoTrainer):
-        """MINT's packed trainer with DPO's objective: a policy and a reference packed forward per batch.
+    ``cache_reference``: keep each feature's reference log-probs from its first batch and reuse
+    them in later epochs (the reference never changes; exact only without dropout, which the
+    optimizers turn off by default). The first epoch computes them, as TRL does every step.
+    """
 
-        ``cache_reference``: keep each feature's reference log-probs from its first batch and reuse
-        them in later epochs (the reference never changes; exact only without dropout, which the
-        optimizers turn off by default). The first epoch computes them, as TRL does every step.
-        """
+    def __init__(self, *args: Any, cache_reference: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cache_reference = bool(cache_reference)
+        self._reference: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-        def __init__(self, *args: Any, cache_reference: bool = False, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.cache_reference = bool(cache_reference)
-            self._reference: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    def pair_statistics(self, model, inputs):
+        stats = super().pair_statistics(model, inputs)
+        ref_chosen, ref_rejected = self.reference_statistics(model, inputs)
+        return {**stats, "ref_chosen_logps_sum": ref_chosen, "ref_rejected_logps_sum": ref_rejected}
 
-        def pair_statistics(self, model, inputs):
-            stats = super().pair_statistics(model, inputs)
-            ref_chosen, ref_rejected = self.reference_statistics(model, inputs)
-            return {**stats, "ref_chosen_logps_sum": ref_chosen, "ref_rejected_logps_sum": ref_rejected}
+    def reference_statistics(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed chosen and rejected log-probs of the batch's pairs under the reference policy."""
+        index = inputs.get("feature_index")
+        keys = [int(i) for i in index.tolist()] if index is not None and self.cache_reference else []
+        if keys and all(k in self._reference for k in keys):
+            chosen, rejected = zip(*(self._reference[k] for k in keys))
+            return torch.stack(chosen), torch.stack(rejected)
+        with torch.no_grad(), reference_weights(self.accelerator.unwrap_model(model)):
+            ref = super().pair_statistics(model, inputs)
+        for row, key in enumerate(keys):
+            self._reference[key] = (ref["chosen_logps_sum"][row], ref["rejected_logps_sum"][row])
+        return ref["chosen_logps_sum"], ref["rejected_logps_sum"]
 
-        def reference_statistics(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-            """Summed chosen and rejected log-probs of the batch's pairs under the reference policy."""
-            index = inputs.get("feature_index")
-            keys = [int(i) for i in index.tolist()] if index is not None and self.cache_reference else []
-            if keys and all(k in self._reference for k in keys):
-                chosen, rejected = zip(*(self._reference[k] for k in keys))
-                return torch.stack(chosen), torch.stack(rejected)
-            with torch.no_grad(), reference_weights(self.accelerator.unwrap_model(model)):
-                ref = super().pair_statistics(model, inputs)
-            for row, key in enumerate(keys):
-                self._reference[key] = (ref["chosen_logps_sum"][row], ref["rejected_logps_sum"][row])
-            return ref["chosen_logps_sum"], ref["rejected_logps_sum"]
-
-        def pair_loss(self, stats):
-            return dpo_loss(stats["chosen_logps_sum"], stats["rejected_logps_sum"], stats["ref_chosen_logps_sum"],
-                            stats["ref_rejected_logps_sum"], self.beta)
-
-    return PackedDpoTrainer
+    def pair_loss(self, stats):
+        return dpo_loss(stats["chosen_logps_sum"], stats["rejected_logps_sum"], stats["ref_chosen_logps_sum"],
+                        stats["ref_rejected_logps_sum"], self.beta)
 
 
-class PackedDpoOptimizer(OrpoOptimizer):
+class PackedDpoOptimizer(PackedOptimizer):
     """DPO through MINT's packed trainer. ``config`` is ``mint_trl.DpoConfig`` (the ``dpo`` options)."""
 
     display_name = "DPO"
 
     def trainer_class(self) -> type:
-        return _trainer_class()
+        return PackedDpoTrainer
 
     def trainer_kwargs(self) -> dict[str, Any]:
         return {"cache_reference": bool(getattr(self.config, "disable_dropout", True))}
