@@ -67,10 +67,13 @@ class FrozenBottomCache:
     """
 
     def __init__(self, depth: int, states: dict[int, torch.Tensor], *, features: Sequence[dict[str, Any]] = (),
-                 mask_kind: str = "bool", pad_id: int = 0) -> None:
+                 mask_kind: str = "bool", pad_id: int = 0, autocast: torch.dtype | None = None) -> None:
         self.depth = int(depth)
         self.states = dict(states)
         self.features, self.mask_kind, self.pad_id = list(features), mask_kind, int(pad_id)
+        #: The mixed-precision dtype training runs the layers in: the bottom runs in it too, so the
+        #: cached states are the ones the model would compute in that step.
+        self.autocast = autocast
 
     @property
     def nbytes(self) -> int:
@@ -79,7 +82,7 @@ class FrozenBottomCache:
     @classmethod
     def build(cls, model: Any, features: Sequence[dict[str, Any]], *, depth: int, mask_kind: str,
               pad_id: int = 0, batch_size: int = 8, row_tokens: int = 1024,
-              indices: Sequence[int] | None = None) -> FrozenBottomCache:
+              indices: Sequence[int] | None = None, autocast: torch.dtype | None = None) -> FrozenBottomCache:
         """Run the frozen bottom (embeddings + ``layers[:depth]``) once over the pair features ``indices``
         (default: all of them).
 
@@ -89,7 +92,7 @@ class FrozenBottomCache:
         tissue task every tile has the same prompt text, so this runs ~40% of the tokens a row per
         pair would; a prompt's bottom states cannot depend on the answers after it.
         """
-        cache = cls(depth, {}, features=features, mask_kind=mask_kind, pad_id=pad_id)
+        cache = cls(depth, {}, features=features, mask_kind=mask_kind, pad_id=pad_id, autocast=autocast)
         cache.fill(model, range(len(features)) if indices is None else indices, batch_size=batch_size,
                    row_tokens=row_tokens)
         return cache
@@ -101,7 +104,8 @@ class FrozenBottomCache:
             raise ValueError("the frozen-bottom cache needs a decoder whose bottom layers carry no adapter")
         device = decoder.embed_tokens.weight.device
         rows = _shared_prompt_rows(self.features, row_tokens=row_tokens, indices=indices)
-        with torch.no_grad(), decoder_slice(decoder, 0, self.depth, final_norm=False):
+        mixed = torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
+        with torch.no_grad(), mixed, decoder_slice(decoder, 0, self.depth, final_norm=False):
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start:start + batch_size]
                 length = max(len(row["ids"]) for row in chunk)
@@ -111,7 +115,8 @@ class FrozenBottomCache:
                 for r, row in enumerate(chunk):
                     n = len(row["ids"])
                     ids[r, :n], seg[r, :n], pos[r, :n] = (torch.tensor(row[k]) for k in ("ids", "seg", "pos"))
-                mask = build_pair_mask(seg.to(device), kind=self.mask_kind, dtype=decoder.embed_tokens.weight.dtype)
+                mask = build_pair_mask(seg.to(device), kind=self.mask_kind,
+                                       dtype=torch.float32 if self.autocast else decoder.embed_tokens.weight.dtype)
                 hidden = decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device),
                                  use_cache=False).last_hidden_state.float()
                 for r, row in enumerate(chunk):
@@ -210,10 +215,12 @@ def cache_plan(model: Any, option: str, *, packed: bool, features: Sequence[dict
 
 
 def build_for_training(model: Any, features: Sequence[dict[str, Any]], *, depth: int, mask_kind: str,
-                       pad_id: int, log: Any = None, indices: Sequence[int] | None = None) -> FrozenBottomCache:
+                       pad_id: int, log: Any = None, indices: Sequence[int] | None = None,
+                       autocast: torch.dtype | None = None) -> FrozenBottomCache:
     """:meth:`FrozenBottomCache.build` over ``indices`` (this process's features), logging its size and time."""
     began = time.perf_counter()
-    cache = FrozenBottomCache.build(model, features, depth=depth, mask_kind=mask_kind, pad_id=pad_id, indices=indices)
+    cache = FrozenBottomCache.build(model, features, depth=depth, mask_kind=mask_kind, pad_id=pad_id, indices=indices,
+                                    autocast=autocast)
     if log is not None:
         tokens = sum(s.shape[0] for s in cache.states.values())
         share = "" if indices is None else f" (this process's {len(cache.states)} of {len(features)})"

@@ -170,8 +170,10 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
                        args_kwargs: dict[str, Any], callbacks: Sequence[Any], ctx: RunContext | None = None,
                        trainer_cls: type, trainer_kwargs: dict[str, Any] | None = None) -> Any:
     """MINT's packed trainer ``trainer_cls`` (a :class:`~mint_engine.trainer.PackedTrainer` subclass) on ``features``, not yet run."""
+    import torch
     from transformers import TrainingArguments
 
+    from mint_engine.compute import choose_attention, freeze_in
     from mint_engine.frozen_cache import build_for_training, cache_plan
     from mint_engine.packing import attention_weight
     from mint_engine.sharding import owned
@@ -182,19 +184,23 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
         from trl.trainer.utils import disable_dropout_in_model
 
         disable_dropout_in_model(model)
+    # TrainingArguments first: it joins the process group and places this process on its device.
+    args = TrainingArguments(**args_kwargs)
+    attention = choose_attention(model, getattr(cfg, "attention", "auto"), device=args.device)
+    mixed = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    if mixed is not None:
+        freeze_in(model, mixed)
     packed, mask_kind, reason = choose_packing(model, cfg.packing, features)
     padding_free, pf_reason = choose_padding_free(model, cfg.padding_free, features)
     nll_on_prompt = bool(getattr(cfg, "nll_on_prompt", False))  # only ORPO-like objectives have an NLL term
     if ctx is not None:
         layout = f"{'packed' if packed else 'two-sequence'} batches ({reason}), "
         layout += f"{ {True: 'padding-free', False: 'padded', None: 'padded or padding-free'}[padding_free]} rows ({pf_reason})"
-        ctx.log(f"{trainer_cls.__name__}: {layout}, {len(features)} pairs")
+        ctx.log(f"{trainer_cls.__name__}: {layout}, {attention} attention, {len(features)} pairs")
     pad_id = getattr(sm, "pad_token_id", None)
     if pad_id is None:
         tok = getattr(sm.processor, "tokenizer", sm.processor)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    # TrainingArguments first: it joins the process group and places this process on its device.
-    args = TrainingArguments(**args_kwargs)
     frozen_cache = None
     depth, cache_reason = cache_plan(model, getattr(cfg, "cache_frozen", "false"), packed=packed, features=features,
                                      disable_dropout=bool(getattr(cfg, "disable_dropout", True)))
@@ -202,7 +208,7 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
         mine = None if args.world_size == 1 else owned(len(features), rank=args.process_index, world_size=args.world_size,
                                                        batch_size=args.per_device_train_batch_size)
         frozen_cache = build_for_training(model, features, depth=depth, mask_kind=mask_kind, pad_id=int(pad_id),
-                                          log=ctx.log if ctx is not None else None, indices=mine)
+                                          log=ctx.log if ctx is not None else None, indices=mine, autocast=mixed)
     elif ctx is not None and str(getattr(cfg, "cache_frozen", "false")).lower() != "false":
         ctx.log(f"frozen-bottom cache off: {cache_reason}")
     # Batches say which features they hold: the frozen-bottom cache and the reference cache read it.

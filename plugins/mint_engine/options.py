@@ -76,6 +76,9 @@ class PackedOptions(TrainingOptions):
         "help": "Put a batch's pairs back to back in one row, no padding. auto: always with flash/flex attention "
                 "(they skip the work between sequences); with sdpa/eager (dense mask) per batch, when the padding "
                 "saved outweighs the attention added (estimated); true; false."})
+    attention: str = field(default="auto", metadata={
+        "help": "Attention kernel while training: auto (eager on CPU, measured faster than sdpa's masked kernel on "
+                "packed rows; the model's own elsewhere), sdpa, eager, flash_attention_2, flex_attention."})
 
 
 def resolve_seed(options: TrainingOptions, ctx: RunContext) -> int:

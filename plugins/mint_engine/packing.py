@@ -41,7 +41,8 @@ statistics are then computed identically (:func:`pair_statistics`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -338,17 +339,22 @@ def layout_costs(features: Sequence[dict[str, Any]], *, packed: bool, attention_
             "padding_free": total + attention_weight * total * total}
 
 
-def pair_statistics(logits: torch.Tensor, batch: dict[str, Any], n_pairs: int) -> dict[str, torch.Tensor]:
-    """Per-pair mean answer log-probs and the batch NLL from kept logits ``[rows, K, V]``.
-
-    Computes ``logit[target] - logsumexp(logits)`` only at scored tokens (the log-softmax over the
-    vocabulary is never materialized), then sums per pair and kind: the same quantities as TRL's
-    ``get_batch_logps(average_log_prob=True)`` and its chosen ``CrossEntropyLoss``.
-    """
+def logits_token_logps(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Each scored token's log-probability from kept logits ``[rows, K, V]``: ``logit[target] - logsumexp``
+    at scored tokens only (the log-softmax over the vocabulary is never materialized)."""
     logits = logits.float()
-    rows, cols, toks, pairs, kinds = (batch[k] for k in ("g_row", "g_col", "g_tok", "g_pair", "g_kind"))
+    rows, cols, toks = batch["g_row"], batch["g_col"], batch["g_tok"]
     lse = torch.logsumexp(logits, dim=-1)  # [rows, K]
-    token_logps = logits[rows, cols, toks] - lse[rows, cols]
+    return logits[rows, cols, toks] - lse[rows, cols]
+
+
+def pair_statistics(token_logps: torch.Tensor, batch: dict[str, Any], n_pairs: int) -> dict[str, torch.Tensor]:
+    """Per-pair mean answer log-probs and the batch NLL from the scored tokens' log-probabilities.
+
+    Sums per pair and kind: the same quantities as TRL's ``get_batch_logps(average_log_prob=True)``
+    and its chosen ``CrossEntropyLoss``.
+    """
+    pairs, kinds = batch["g_pair"], batch["g_kind"]
     zeros = token_logps.new_zeros(n_pairs)
     chosen_sum = zeros.index_add(0, pairs, torch.where(kinds == KIND_CHOSEN, token_logps, 0.0))
     rejected_sum = zeros.index_add(0, pairs, torch.where(kinds == KIND_REJECTED, token_logps, 0.0))
@@ -360,13 +366,20 @@ def pair_statistics(logits: torch.Tensor, batch: dict[str, Any], n_pairs: int) -
 
 
 def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = None,
-                  frozen_cache: Any = None) -> dict[str, torch.Tensor]:
+                  frozen_cache: Any = None, fused: bool = True,
+                  projection_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Run ``model`` on a collated batch (either layout) and return :func:`pair_statistics`.
 
     The packed layout (``segment_ids`` present) needs ``mask_kind`` (see :func:`mint_core.decoder.mask_kind_for`).
     ``frozen_cache`` (a :class:`mint_engine.frozen_cache.FrozenBottomCache`; packed batches carrying
-    ``feature_index``) replaces the frozen bottom layers' forward by the cached states.
+    ``feature_index``) replaces the frozen bottom layers' forward by the cached states. ``fused``: when
+    the model's vocabulary projection allows it (:func:`mint_engine.vocab.fused_projection`), the
+    model returns its final hidden states only and the scored tokens' log-probabilities are computed
+    in chunks (:func:`mint_engine.vocab.token_log_probs`, its products in ``projection_dtype``: the
+    mixed-precision dtype the model's forward runs in); else from the kept logits.
     """
+    from mint_engine.vocab import fused_projection, token_log_probs
+
     n_pairs = int(batch["n_chosen"].shape[0])
     kwargs = {k: v for k, v in batch.items() if k not in GATHER_KEYS}
     if "pixel_values" in kwargs:  # images arrive as fp32; the vision tower may hold bf16 weights
@@ -377,13 +390,38 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
         dtype = _compute_dtype(model)
         kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype,
                                                    pair_ids=batch.get("pair_ids"))
-    kwargs.update(logits_to_keep=batch["logits_to_keep"], use_cache=False)
-    if frozen_cache is not None:
-        outputs = frozen_cache.forward(model, kwargs, segment_ids=batch["segment_ids"],
-                                       feature_index=batch["feature_index"], dtype=_param_dtype(model))
+    weight = fused_projection(model) if fused else None
+    keep = batch["logits_to_keep"]
+    if weight is not None:  # the model's own forward (wrappers see a normal call), no vocabulary projection
+        kwargs.update(logits_to_keep=keep[:0], output_hidden_states=True)
     else:
-        outputs = model(**kwargs)
-    return pair_statistics(outputs.logits, batch, n_pairs)
+        kwargs["logits_to_keep"] = keep
+    kwargs["use_cache"] = False
+    with _no_projection(model) if weight is not None else contextlib.nullcontext():
+        if frozen_cache is not None:
+            outputs = frozen_cache.forward(model, kwargs, segment_ids=batch["segment_ids"],
+                                           feature_index=batch["feature_index"], dtype=_param_dtype(model))
+        else:
+            outputs = model(**kwargs)
+    if weight is None:
+        return pair_statistics(logits_token_logps(outputs.logits, batch), batch, n_pairs)
+    hidden = outputs.hidden_states[-1][batch["g_row"], keep.to(batch["g_col"].device)[batch["g_col"]]]
+    return pair_statistics(token_log_probs(hidden, weight, batch["g_tok"], projection_dtype), batch, n_pairs)
+
+
+@contextlib.contextmanager
+def _no_projection(model: Any) -> Iterator[None]:
+    """The model's ``lm_head`` returns an empty tensor for the block: its forward projects no position
+    (``logits_to_keep`` is empty), but under autocast the call would still cast the whole weight."""
+    inner = model
+    while hasattr(inner, "module") and not hasattr(inner, "get_output_embeddings"):
+        inner = inner.module
+    head = inner.get_output_embeddings()
+    head.forward = lambda hidden: hidden.new_empty(*hidden.shape[:-1], head.out_features)
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def _compute_dtype(model: Any) -> torch.dtype:

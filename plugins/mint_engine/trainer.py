@@ -22,6 +22,10 @@ from mint_core.decoder import mask_kind_for
 from mint_engine.packing import collate_packed, collate_two_sequence, forward_pairs, layout_costs, varlen_attention
 
 
+#: accelerate's ``mixed_precision`` -> the dtype the model's forward runs its matrix products in.
+MIXED_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class PairCollator:
     """Collates pair features into the packed layout, or the two-sequence one (``packed=False``).
@@ -141,7 +145,8 @@ class PackedTrainer(Trainer):
         Objectives with a reference model (DPO) extend them with the reference's statistics.
         """
         cache = self.frozen_cache if "feature_index" in inputs else None
-        return forward_pairs(model, inputs, mask_kind=self.mask_kind, frozen_cache=cache)
+        return forward_pairs(model, inputs, mask_kind=self.mask_kind, frozen_cache=cache,
+                             projection_dtype=MIXED_PRECISION.get(str(self.accelerator.mixed_precision)))
 
     def pair_loss(self, stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of a batch from its pair statistics (``chosen_logps`` and ``rejected_logps``: mean

@@ -1,0 +1,52 @@
+"""How the student computes while it trains: the attention kernel and the dtype of its frozen weights.
+
+Both are choices measured on MINT's own shapes (the demo's packed rows, two CPU cores with
+AVX512-BF16; profile and figures in benchmarks/README.md):
+
+- **Attention.** For a packed row ``[prompt, chosen, rejected]`` of ~400 tokens the 4D mask is
+  arbitrary, so sdpa on CPU takes its masked flash kernel, which ran the top 8 layers' attention at
+  ~90 GFLOP/s; transformers' eager attention (two batched matrix products and a softmax) ran the
+  same rows 1.63 -> 1.45 s a step. ``attention=auto`` therefore trains with eager attention on CPU
+  and keeps the model's own kernel elsewhere (on GPUs sdpa and flash-attention are the fast ones).
+- **Frozen weights under bf16 autocast.** Autocast casts every fp32 weight to bf16 at every matrix
+  product; the frozen ones never change, so :func:`freeze_in` stores them in bf16 once. The
+  products are bit for bit what autocast computed (the same rounding of the same weights).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
+
+
+def choose_attention(model: Any, option: str, *, device: torch.device) -> str:
+    """Set the training attention kernel for the ``attention`` option; returns the one in use."""
+    text = str(option).strip().lower()
+    if text not in ATTENTION:
+        raise ValueError(f"optimizer.attention={option!r}: use one of {', '.join(ATTENTION)}")
+    config = getattr(model, "config", None)
+    current = str(getattr(config, "_attn_implementation", "") or "")
+    wanted = ("eager" if device.type == "cpu" and current == "sdpa" else current) if text == "auto" else text
+    if wanted and wanted != current:
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner.set_attn_implementation(wanted)
+    return str(getattr(config, "_attn_implementation", wanted))
+
+
+def freeze_in(model: Any, dtype: torch.dtype) -> int:
+    """Store the frozen ``nn.Linear`` weights inside the decoder layers in ``dtype`` (what autocast casts
+    them to anyway); embeddings, norms and trainable weights stay as they are. Returns how many."""
+    count = 0
+    for name, module in model.named_modules():
+        if type(module) is not torch.nn.Linear or ".layers." not in f".{name}":
+            continue
+        weight = module.weight
+        if not weight.requires_grad and weight.is_floating_point() and weight.dtype != dtype:
+            module.weight = torch.nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias = torch.nn.Parameter(module.bias.detach().to(dtype), requires_grad=False)
+            count += 1
+    return count
