@@ -145,7 +145,7 @@ DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
     "student": {"lora_layers": 8},
     # Every test case in both modes (hpo-sim: 60), generation capped for larger splits; see issue 10.
     # Batch 32: greedy answers to 32 demo prompts took 148 / 97 / 79 s at batch 8 / 16 / 32 (2 threads).
-    "eval": {"max_cases": None, "max_generation_cases": 100, "batch_size": 32, "mode": "both"},
+    "eval": {"max_cases": None, "max_generation_cases": 100, "batch_size": 64, "mode": "both"},
 }
 
 

@@ -172,7 +172,7 @@ def tiny_student(tmp_path_factory):
     torch.manual_seed(0)
     model_dir = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", seed=0)
     ctx = RunContext(run_dir=tmp_path_factory.mktemp("run"))
-    return LlamaTextStudent(LlamaTextConfig(model=str(model_dir))).load(ctx=ctx)
+    return LlamaTextStudent(LlamaTextConfig(model=str(model_dir), inference_dtype="float32")).load(ctx=ctx)
 
 
 def test_ranking_mode_on_tiny_llama(tiny_student):

@@ -48,6 +48,7 @@ def student(tiny_dir):
     config.model = str(tiny_dir)
     config.lora_r = 4
     config.lora_alpha = 8
+    config.inference_dtype = "float32"  # the scoring paths are compared in the reference numerics
     return spec.create(config)
 
 
@@ -254,3 +255,29 @@ def test_resolver_order_hf_cache_then_mint_cache_then_pypi(isolated_caches):
 def test_resolver_has_no_pypi_fallback_for_other_models(isolated_caches):
     with pytest.raises(MintError, match="HF_HUB_OFFLINE"):
         resolve_mod.resolve_model("someone/other-model", download=_no_download)
+
+
+def test_inference_dtype_auto_follows_native_bf16(monkeypatch):
+    import mint_llama.student as student_module
+    from mint_llama.student import pick_inference_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(student_module, "native_bf16", lambda device_type: True)
+    assert pick_inference_dtype("auto", cpu, torch.float32) == torch.bfloat16
+    assert pick_inference_dtype("auto", cpu, torch.float16) == torch.float16  # low-precision weights kept
+    assert pick_inference_dtype("float32", cpu, torch.float32) == torch.float32
+    monkeypatch.setattr(student_module, "native_bf16", lambda device_type: False)
+    assert pick_inference_dtype("auto", cpu, torch.float32) == torch.float32
+    with pytest.raises(MintError, match="student.dtype"):
+        pick_inference_dtype("float33", cpu, torch.float32)
+
+
+def test_bf16_inference_switches_on_first_use_only(student, ctx):
+    model = student.load(ctx=ctx)
+    model.inference_dtype = torch.bfloat16
+    assert model.model.dtype == torch.float32  # loading (and so export) keeps the weights as stored
+    prompt = Prompt(text="Findings: seizures.")
+    answers = model.generate(prompts=[prompt], max_new_tokens=4, batch_size=1)
+    assert model.model.dtype == torch.bfloat16 and len(answers) == 1
+    trained = student.load(ctx=ctx, trainable=True)
+    assert trained.inference_dtype is None  # a student being trained is never cast

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mint_core.hardware import CPU_BF16_FLAGS, cpu_bf16_flags  # noqa: F401  (re-exported; use_bf16 reads it here)
+
 if TYPE_CHECKING:
     from mint_core.context import RunContext
 
@@ -83,25 +85,6 @@ class PackedOptions(TrainingOptions):
 
 def resolve_seed(options: TrainingOptions, ctx: RunContext) -> int:
     return int(options.seed) if options.seed is not None else int(ctx.seed)
-
-
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
-    """The bf16 matmul features this CPU reports (``amx_bf16``, ``avx512_bf16``); empty where it has none.
-
-    Without them bf16 on CPU is emulated and slower than fp32, so ``bf16=auto`` stays fp32 there.
-    """
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-    return [flag for flag in CPU_BF16_FLAGS if flag in flags]
 
 
 def use_bf16(value: str | bool) -> bool:

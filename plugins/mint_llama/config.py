@@ -25,4 +25,8 @@ class LlamaTextConfig:
         "help": "QLoRA: load the base model in 4-bit NF4 (needs CUDA and bitsandbytes)."})
     dtype: str = field(default="auto", metadata={
         "help": "Weights dtype: auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16, float16."})
+    inference_dtype: str = field(default="auto", metadata={
+        "help": "Dtype the student generates and scores in when loaded for inference (eval, predict; never for "
+                "training or export): auto (bf16 where matrix products run natively in bf16: a CUDA GPU, or a CPU "
+                "with AMX or AVX512-BF16; else the weights' dtype), float32 (the reference numerics), bfloat16."})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:1, mps."})
