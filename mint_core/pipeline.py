@@ -160,12 +160,13 @@ class Run:
         io.write_text(self.run_dir / "report.md", render_report(self.config, self.run_dir, io.read_json(self.run_dir / "metrics.json")))
 
     def builder_section(self, name: str | None = None) -> dict[str, Any]:
-        """The builder config for ``name``: the run's own section, or defaults sharing its k/q."""
+        """The builder config for ``name``: the run's own section, or defaults sharing its list options
+        (k, q, truth_first, force_true_label: every method of a grid gets the same target lists)."""
         main = self.config["builder"]
         if name is None or name == main["name"]:
             return main
         spec = self.registry.get("builder", name)
-        shared = {k: v for k, v in main.items() if k in {"k", "q"}}
+        shared = {k: v for k, v in main.items() if k in {"k", "q", "truth_first", "force_true_label"}}
         valid = {f for f, *_ in spec.config_fields()}
         return {"name": name, **{k: v for k, v in shared.items() if k in valid}}
 

@@ -62,7 +62,7 @@ def ctx(tmp_path):
 
 
 def test_topk_pairs_list_teacher_top_k_and_bottom_q(ctx):
-    examples = TopKBuilder(TopKConfig()).build(task=NotesTask(), data=_data(), rankings=RANKINGS, ctx=ctx)
+    examples = TopKBuilder(TopKConfig(truth_first=False)).build(task=NotesTask(), data=_data(), rankings=RANKINGS, ctx=ctx)
     assert [ex.case_id for ex in examples] == ["a", "b", "c"]  # training cases only
     assert all(ex.kind == "pair" and ex.completion is None for ex in examples)
     a, b, c = examples
@@ -85,7 +85,7 @@ def test_topk_pairs_list_teacher_top_k_and_bottom_q(ctx):
 
 
 def test_topk_hard_negatives_and_no_forcing(ctx):
-    config = TopKConfig(k=2, q=2, negatives="hard", force_true_label=False)
+    config = TopKConfig(k=2, q=2, negatives="hard", force_true_label=False, truth_first=False)
     examples = TopKBuilder(config).build(task=NotesTask(), data=_data(), rankings=RANKINGS, ctx=ctx)
     b = examples[1]
     assert parse_answer(b.chosen).names == names(["D1", "D2"])  # pure teacher top-2
@@ -109,6 +109,21 @@ def test_kto_unpaired_examples(ctx):
     assert good.chosen is None and good.rejected is None
 
 
+def test_truth_first_is_the_default_and_shared_by_every_builder(ctx):
+    kwargs = dict(task=NotesTask(), data=_data(), rankings=RANKINGS, ctx=ctx)
+    pairs = TopKBuilder(TopKConfig(k=4)).build(**kwargs)
+    kto = KTOBuilder(KTOConfig(k=4)).build(**kwargs)
+    sft = SFTBuilder(SFTConfig(k=4)).build(**kwargs)
+    assert [p.chosen for p in pairs] == [e.completion for e in kto if e.label] == [e.completion for e in sft]
+    assert parse_answer(pairs[1].chosen).names == names(["D6", "D1", "D2", "D3"])  # truth first, then the teacher
+    assert pairs[1].meta["true_label_position"] == 0 and "Disease G" not in parse_answer(pairs[1].rejected).names
+    # truth_first=false: the teacher's order (truth forced k-th) for all three alike.
+    pairs = TopKBuilder(TopKConfig(k=4, truth_first=False)).build(**kwargs)
+    sft = SFTBuilder(SFTConfig(k=4, truth_first=False)).build(**kwargs)
+    assert [p.chosen for p in pairs] == [e.completion for e in sft]
+    assert parse_answer(sft[1].completion).names == names(["D1", "D2", "D3", "D6"])
+
+
 def test_sft_leads_with_the_true_label(ctx):
     examples = SFTBuilder(SFTConfig(k=4)).build(task=NotesTask(), data=_data(), rankings=RANKINGS, ctx=ctx)
     assert all(ex.kind == "sft" for ex in examples)
@@ -120,7 +135,7 @@ def test_sft_leads_with_the_true_label(ctx):
 
 def test_k_is_clipped_to_the_label_space_and_rankings_are_completed(ctx):
     partial = dict(RANKINGS, a=Ranking("a", ["D3", "D0"]))  # missing labels are appended in label order
-    examples = TopKBuilder(TopKConfig(k=50)).build(task=NotesTask(), data=_data(), rankings=partial, ctx=ctx)
+    examples = TopKBuilder(TopKConfig(k=50, truth_first=False)).build(task=NotesTask(), data=_data(), rankings=partial, ctx=ctx)
     a = examples[0]
     assert a.meta["k"] == 7 and len(parse_answer(a.chosen).names) == 7
     assert parse_answer(a.chosen).names[:3] == names(["D3", "D0", "D1"])
@@ -139,7 +154,7 @@ def test_errors(ctx):
 
 
 def test_summarize(ctx):
-    pairs = TopKBuilder(TopKConfig()).build(task=NotesTask(), data=_data(), rankings=RANKINGS, ctx=ctx)
+    pairs = TopKBuilder(TopKConfig(truth_first=False)).build(task=NotesTask(), data=_data(), rankings=RANKINGS, ctx=ctx)
     summary = summarize(pairs)
     assert summary["n_examples"] == 3 and summary["by_kind"] == {"pair": 3}
     assert summary["true_label_forced"] == 2 and summary["true_label_in_chosen"] == 1.0

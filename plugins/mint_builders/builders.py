@@ -3,10 +3,11 @@
 Rank conventions: every rank in ``PreferenceExample.meta`` is the teacher's 0-based rank over
 the whole label space. The true label is the case's first label (``Case.label_id``).
 
-``force_true_label`` (default on) keeps the teacher's order but guarantees the true label is
-in the chosen answer: when the teacher ranks it below k, it replaces the teacher's k-th entry
-(so the chosen answer is the teacher's top k-1, then the true label), and it is never listed
-in a rejected answer. Teaching the student to prefer a list without the diagnosis, or to
+``truth_first`` (default on) makes the chosen answer the true label, then the teacher's best
+other labels to fill k. Off, the chosen answer keeps the teacher's order, and
+``force_true_label`` (default on) guarantees the true label is in it: when the teacher ranks it
+below k, it replaces the teacher's k-th entry (so the chosen answer is the teacher's top k-1,
+then the true label). With either, the true label is never listed in a rejected answer. Teaching the student to prefer a list without the diagnosis, or to
 reject a list containing it, would distil the teacher's mistakes along with its knowledge.
 """
 
@@ -58,16 +59,19 @@ class Selection:
 
 
 def select(order: Sequence[str], true_id: str, *, k: int, q: int, negatives: str,
-           force_true_label: bool) -> Selection:
+           force_true_label: bool, truth_first: bool = False) -> Selection:
     """Pick the chosen and rejected ranks from a full ranking ``order`` (label ids, best first)."""
     n = len(order)
     true_rank = order.index(true_id)
     chosen = list(range(min(k, n - 1)))
     forced = False
-    if force_true_label and true_rank >= len(chosen):
+    if truth_first:
+        chosen = [true_rank] + [rank for rank in range(n) if rank != true_rank][:len(chosen) - 1]
+        forced = true_rank >= len(chosen)
+    elif force_true_label and true_rank >= len(chosen):
         chosen = chosen[:-1] + [true_rank]
         forced = True
-    excluded = set(chosen) | ({true_rank} if force_true_label else set())
+    excluded = set(chosen) | ({true_rank} if force_true_label or truth_first else set())
     candidates = [rank for rank in range(n) if rank not in excluded]
     q = max(1, min(q, len(candidates)))
     if negatives == "bottom":
@@ -120,11 +124,12 @@ class _RankedBase(_Base):
         if q < 1:
             raise MintError(f"builder.q must be at least 1, got {q}")
         sel = select(order, case.label_id, k=k, q=q, negatives=self.config.negatives,
-                     force_true_label=self.config.force_true_label)
+                     force_true_label=self.config.force_true_label, truth_first=self.config.truth_first)
         chosen_ids = [order[r] for r in sel.chosen_ranks]
         rejected_ids = [order[r] for r in sel.rejected_ranks]
         meta = {
             "builder": self.name, "k": k, "q": len(rejected_ids), "negatives": self.config.negatives,
+            "truth_first": self.config.truth_first,
             "chosen_ids": chosen_ids, "chosen_ranks": sel.chosen_ranks,
             "rejected_ids": rejected_ids, "rejected_ranks": sel.rejected_ranks,
             "true_label_id": case.label_id, "true_label_rank": sel.true_label_rank,
@@ -163,19 +168,21 @@ class KTOBuilder(_RankedBase):
 
 
 class SFTBuilder(_Base):
-    """SFT targets: the true label first, then the teacher's best other labels to fill k."""
+    """SFT targets: ``topk``'s chosen list (same ``k``, ``truth_first``, ``force_true_label``)."""
 
     kind = "sft"
     name = "sft"
 
     def _build_case(self, task, data, case, order):
         k = resolve_k(task, self.config.k, len(data.labels))
-        ids = [case.label_id] + [i for i in order if i != case.label_id][:k - 1]
-        true_rank = order.index(case.label_id)
-        meta = {"builder": self.name, "k": k, "completion_ids": ids,
-                "completion_ranks": [order.index(i) for i in ids],
-                "true_label_id": case.label_id, "true_label_rank": true_rank,
-                "true_label_in_chosen": True, "true_label_position": 0,
-                "true_label_forced": true_rank >= k}
+        sel = select(order, case.label_id, k=k, q=1, negatives="bottom", force_true_label=self.config.force_true_label,
+                     truth_first=self.config.truth_first)
+        ids = [order[r] for r in sel.chosen_ranks]
+        meta = {"builder": self.name, "k": k, "truth_first": self.config.truth_first, "completion_ids": ids,
+                "completion_ranks": sel.chosen_ranks,
+                "true_label_id": case.label_id, "true_label_rank": sel.true_label_rank,
+                "true_label_in_chosen": case.label_id in ids,
+                "true_label_position": ids.index(case.label_id) if case.label_id in ids else None,
+                "true_label_forced": sel.forced}
         return [PreferenceExample(case_id=case.id, prompt=task.prompt(case=case, n_answers=k), kind="sft",
                                   completion=self._answer(task, data, ids), meta=meta)]

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from mint_core.components import StudentModel
+from mint_core.context import RunContext
 from mint_core.registry import MintError
+from mint_core.types import PreferenceExample
 from mint_engine.optimizer import PackedOptimizer
 from mint_engine.trainer import PackedTrainer
 
@@ -52,11 +54,44 @@ def orpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, nll: tor
     return loss, metrics
 
 
+def add_token_weights(sm: StudentModel, features: list[dict[str, Any]], examples: dict[str, PreferenceExample],
+                      logp_tokens: str) -> None:
+    """Put ``chosen_weights``/``rejected_weights`` (1 = counted in the odds ratio) on pair ``features``."""
+    from mint_engine.roles import answer_token_roles, token_weights
+
+    for feature in features:
+        example = examples[feature["case_id"]]
+        for key, answer in (("chosen", example.chosen), ("rejected", example.rejected)):
+            roles = answer_token_roles(sm, answer, feature[f"{key}_ids"])
+            weights = token_weights(roles, logp_tokens)
+            if not any(weights):
+                raise MintError(f"case {example.case_id}: optimizer.logp_tokens={logp_tokens} keeps no token of its "
+                                f"{key} answer (is it a numbered list of names?)")
+            feature[f"{key}_weights"] = weights
+
+
 class OrpoTrainer(PackedTrainer):
-    """ORPO on pair features (see :mod:`mint_engine.packing`); ``beta`` is ORPO's λ."""
+    """ORPO on pair features (see :mod:`mint_engine.packing`); ``beta`` is ORPO's λ.
+
+    Why the odds-ratio term barely acts on MINT's list answers at the paper's setting (β = 0.1, the
+    mean log-prob over the whole answer): a chosen and a rejected list of the same length share
+    their scaffolding (header, numbers, newlines, end-of-turn), and once a name's first token is
+    written its other tokens are nearly certain for both answers. Those tokens are most of the
+    answer, so both mean log-probs rise together under the NLL and their odds ratio moves little;
+    the tokens that decide *which* label is listed are the first token of each name
+    (``benchmarks/orpo_attribution.py`` measures the split, docs/results.md has the table).
+    ``logp_average=False`` takes sums instead of means; ``logp_tokens`` (on the features as
+    ``chosen_weights``/``rejected_weights``, :mod:`mint_engine.roles`) restricts the odds ratio to
+    name tokens or to the deciding ones. The NLL term is unchanged by both.
+    """
+
+    def __init__(self, *args: Any, logp_average: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.logp_average = bool(logp_average)
 
     def pair_loss(self, stats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return orpo_loss(stats["chosen_logps"], stats["rejected_logps"], stats["nll"], self.beta)
+        suffix = "" if self.logp_average else "_sum"
+        return orpo_loss(stats["chosen_logps" + suffix], stats["rejected_logps" + suffix], stats["nll"], self.beta)
 
 
 class OrpoOptimizer(PackedOptimizer):
@@ -73,8 +108,24 @@ class OrpoOptimizer(PackedOptimizer):
     def trainer_class(self) -> type:
         return OrpoTrainer
 
+    def trainer_kwargs(self) -> dict[str, Any]:
+        return {"logp_average": getattr(self.config, "logp_average", True)}
+
+    def encode_features(self, sm: StudentModel, examples: Sequence[PreferenceExample], *,
+                        ctx: RunContext) -> list[dict[str, Any]]:
+        features = super().encode_features(sm, examples, ctx=ctx)
+        logp_tokens = getattr(self.config, "logp_tokens", "all")
+        if logp_tokens != "all":
+            by_case = {example.case_id: example for example in examples}
+            add_token_weights(sm, features, by_case, logp_tokens)
+        return features
+
     def check_config(self) -> None:
         super().check_config()
+        if self.config.impl == "trl" and (getattr(self.config, "logp_tokens", "all") != "all"
+                                          or not getattr(self.config, "logp_average", True)):
+            raise MintError("optimizer.logp_tokens and optimizer.logp_average=false need optimizer.impl=mint "
+                            "(TRL's ORPOTrainer takes the mean over the whole answer)")
         if self.config.impl == "trl" and not getattr(self.config, "nll_on_prompt", True):
             raise MintError("optimizer.nll_on_prompt=false needs optimizer.impl=mint (TRL's NLL always covers the "
                             "prompt)")

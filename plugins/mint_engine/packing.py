@@ -284,7 +284,7 @@ def _collate_two_sequence_flat(features: Sequence[dict[str, Any]], seqs: list[li
 
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
-GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "n_chosen", "n_rejected", "n_nll", "segment_ids",
+GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "g_weight", "n_chosen", "n_rejected", "n_nll", "segment_ids",
                "pair_ids", "logits_to_keep", "feature_index")
 
 
@@ -348,19 +348,46 @@ def logits_token_logps(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Ten
     return logits[rows, cols, toks] - lse[rows, cols]
 
 
+def gather_weights(batch: dict[str, Any], features: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """``g_weight``: each scored token's weight from its feature's ``chosen_weights``/``rejected_weights``.
+
+    Every layout lists an answer's tokens in order, so the j-th gathered token of a pair and kind
+    is that answer's token j. Prompt tokens (NLL only) weigh 1.
+    """
+    seen: dict[tuple[int, int], int] = {}
+    weights = []
+    for pair, kind in zip(batch["g_pair"].tolist(), batch["g_kind"].tolist()):
+        if kind == KIND_PROMPT:
+            weights.append(1.0)
+            continue
+        j = seen.get((pair, kind), 0)
+        seen[(pair, kind)] = j + 1
+        weights.append(float(features[pair]["chosen_weights" if kind == KIND_CHOSEN else "rejected_weights"][j]))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 def pair_statistics(token_logps: torch.Tensor, batch: dict[str, Any], n_pairs: int) -> dict[str, torch.Tensor]:
     """Per-pair mean answer log-probs and the batch NLL from the scored tokens' log-probabilities.
 
     Sums per pair and kind: the same quantities as TRL's ``get_batch_logps(average_log_prob=True)``
-    and its chosen ``CrossEntropyLoss``.
+    and its chosen ``CrossEntropyLoss``. With ``g_weight`` (:func:`gather_weights`) the answers'
+    log-probs count only the weighted tokens (their mean over those tokens); the NLL is unchanged.
     """
     pairs, kinds = batch["g_pair"], batch["g_kind"]
     zeros = token_logps.new_zeros(n_pairs)
-    chosen_sum = zeros.index_add(0, pairs, torch.where(kinds == KIND_CHOSEN, token_logps, 0.0))
-    rejected_sum = zeros.index_add(0, pairs, torch.where(kinds == KIND_REJECTED, token_logps, 0.0))
+    weight = batch.get("g_weight")
+    counted = token_logps if weight is None else token_logps * weight.to(token_logps.dtype)
+    chosen_sum = zeros.index_add(0, pairs, torch.where(kinds == KIND_CHOSEN, counted, 0.0))
+    rejected_sum = zeros.index_add(0, pairs, torch.where(kinds == KIND_REJECTED, counted, 0.0))
     nll_sum = -torch.where(kinds != KIND_REJECTED, token_logps, 0.0).sum()
-    return {"chosen_logps": chosen_sum / batch["n_chosen"].to(chosen_sum.dtype),
-            "rejected_logps": rejected_sum / batch["n_rejected"].to(rejected_sum.dtype),
+    if weight is None:
+        n_chosen, n_rejected = batch["n_chosen"].to(chosen_sum.dtype), batch["n_rejected"].to(chosen_sum.dtype)
+    else:
+        w = weight.to(zeros.dtype)
+        n_chosen = zeros.index_add(0, pairs, torch.where(kinds == KIND_CHOSEN, w, 0.0)).clamp(min=1.0)
+        n_rejected = zeros.index_add(0, pairs, torch.where(kinds == KIND_REJECTED, w, 0.0)).clamp(min=1.0)
+    return {"chosen_logps": chosen_sum / n_chosen,
+            "rejected_logps": rejected_sum / n_rejected,
             "nll": nll_sum / batch["n_nll"].to(nll_sum.dtype),
             "chosen_logps_sum": chosen_sum, "rejected_logps_sum": rejected_sum}
 

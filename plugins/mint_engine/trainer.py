@@ -19,7 +19,8 @@ import torch
 from transformers import Trainer
 
 from mint_core.decoder import mask_kind_for
-from mint_engine.packing import collate_packed, collate_two_sequence, forward_pairs, layout_costs, varlen_attention
+from mint_engine.packing import (collate_packed, collate_two_sequence, forward_pairs, gather_weights, layout_costs,
+                                 varlen_attention)
 
 
 #: accelerate's ``mixed_precision`` -> the dtype the model's forward runs its matrix products in.
@@ -47,6 +48,8 @@ class PairCollator:
             costs = layout_costs(features, packed=self.packed, attention_weight=self.attention_weight)
             padding_free = costs["padding_free"] < costs["padded"]
         out = collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt, padding_free=padding_free)
+        if any("chosen_weights" in f for f in features):  # optimizer.logp_tokens (see mint_engine.roles)
+            out["g_weight"] = gather_weights(out, features)
         if all("feature_index" in f for f in features):  # which features these are (the trainers' caches)
             out["feature_index"] = torch.tensor([int(f["feature_index"]) for f in features], dtype=torch.long)
         return out

@@ -27,6 +27,12 @@ class OrpoConfig(PackedOptions):
                 "prompt tokens, faster)."})
     disable_dropout: bool = field(default=True, metadata={
         "help": "Turn dropout off in the model (LoRA dropout included), as TRL's ORPOTrainer does."})
+    logp_tokens: str = field(default="all", metadata={
+        "help": "Answer tokens the odds ratio is taken over: all (the ORPO paper, TRL), names (the label names' "
+                "tokens), decision (the first token of each listed name: the one that picks the label; "
+                "see mint_engine.roles). The NLL term always covers the whole answer."})
+    logp_average: bool = field(default=True, metadata={
+        "help": "Odds ratio of the answers' mean token log-probs (true: the paper, TRL) or of their sums (false)."})
 
 
 @hookimpl
