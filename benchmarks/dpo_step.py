@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from orpo_step import add_pair_arguments, make_examples, report  # noqa: E402  (same pairs and options)
+from orpo_step import add_pair_arguments, make_examples, report, student_config  # noqa: E402  (same pairs and options)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="dpo-bench-"))
     ctx = RunContext(run_dir=tmp, seed=args.seed, console=Console(stderr=True, quiet=not sys.stderr.isatty()))
-    student = LlamaTextStudent(LlamaTextConfig(**({"model": args.model} if args.model else {})))
+    student = LlamaTextStudent(student_config(args))
     lo, hi = (int(x) for x in args.answer_tokens.split("-"))
     n_steps = args.steps + args.warmup
     n_pairs = args.batch_size * n_steps // (2 if args.method == "kto" else 1)  # a KTO pair is two rows

@@ -153,7 +153,18 @@ def add_pair_arguments(parser: argparse.ArgumentParser, *, steps: int) -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora-r", type=int, default=None, help="student.lora_r (default: the student's)")
+    parser.add_argument("--lora-alpha", type=int, default=None, help="student.lora_alpha")
+    parser.add_argument("--dtype", default="auto", help="student.dtype (weights): auto, float32, bfloat16")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def student_config(args: argparse.Namespace):
+    """The llama-text student config the step benchmarks' options describe."""
+    from mint_llama import LlamaTextConfig
+
+    options = {"model": args.model, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha}
+    return LlamaTextConfig(dtype=args.dtype, **{k: v for k, v in options.items() if v is not None})
 
 
 def report(result: dict, *, as_json: bool) -> dict:
@@ -189,13 +200,12 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
 
     from mint_core.context import RunContext
-    from mint_llama import LlamaTextConfig
     from mint_llama.student import LlamaTextStudent
 
     cuda = torch.cuda.is_available()
     tmp = Path(tempfile.mkdtemp(prefix="orpo-bench-"))
     ctx = RunContext(run_dir=tmp, seed=args.seed, console=Console(stderr=True, quiet=not sys.stderr.isatty()))
-    student_cfg = LlamaTextConfig(**({"model": args.model} if args.model else {}))
+    student_cfg = student_config(args)
     student = LlamaTextStudent(student_cfg)
     impls = (args.only,) if args.only else ("mint", "trl")
     sides = {impl: build_side(impl, student, ctx, args, tmp) for impl in impls}

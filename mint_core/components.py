@@ -92,6 +92,9 @@ class PreferenceBuilder(ABC):
 
     #: The kind of example built: ``pair`` (ORPO, DPO), ``unpaired`` (KTO), ``sft``.
     kind: ClassVar[ExampleKind] = "pair"
+    #: True for builders that need the run's student (on-policy negatives): ``build`` then also
+    #: receives ``student=`` (the :class:`Student` component, not loaded). Others never get it.
+    needs_student: ClassVar[bool] = False
 
     @abstractmethod
     def build(self, *, task: Task, data: TaskData, rankings: dict[str, Ranking],

@@ -193,7 +193,8 @@ class Run:
         spec = self.registry.get("builder", name)
         options = {k: v for k, v in section.items() if k != "name"}
         builder_obj = spec.create(build_config(spec.config, options, section="builder", component=name))
-        examples = builder_obj.build(task=self.component("task"), data=data, rankings=rankings, ctx=self.ctx)
+        extra = {"student": self.component("student")} if getattr(builder_obj, "needs_student", False) else {}
+        examples = builder_obj.build(task=self.component("task"), data=data, rankings=rankings, ctx=self.ctx, **extra)
         if not examples:
             raise MintError(f"builder {name!r} built no examples: does the task have training cases?")
         io.write_jsonl(path, (e.to_dict() for e in examples))

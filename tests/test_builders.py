@@ -7,7 +7,7 @@ import pytest
 from mint_builders import KTOConfig, SFTConfig, TopKConfig
 from mint_builders.builders import KTOBuilder, SFTBuilder, TopKBuilder
 from mint_core.summary import summarize
-from mint_core.answers import parse_answer
+from mint_core.answers import format_answer, parse_answer
 from mint_core.components import Task
 from mint_core.context import RunContext
 from mint_core.registry import MintError
@@ -171,6 +171,41 @@ def test_registered_through_the_entry_point():
 
     registry = Registry()
     registry.register_plugin(mint_builders, name="builders")
-    assert registry.names("builder") == ["kto", "sft", "topk"]
+    assert registry.names("builder") == ["kto", "onpolicy", "sft", "topk"]
     assert isinstance(registry.create("builder", "topk"), TopKBuilder)
     assert registry.get("builder", "kto").default_config().negatives == "bottom"
+
+
+def test_onpolicy_rejects_the_students_own_list_never_the_chosen_one_and_caches_it(ctx, tmp_path, monkeypatch):
+    from mint_builders.config import OnPolicyConfig
+    from mint_builders.onpolicy import CACHE, OnPolicyBuilder
+    from mint_llama import LlamaTextConfig
+    from mint_llama.student import LlamaTextModel, LlamaTextStudent
+    from mint_llama.testing import build_tiny_llama
+
+    student = LlamaTextStudent(LlamaTextConfig(model=str(build_tiny_llama(tmp_path / "tiny"))))
+    kwargs = dict(task=NotesTask(), data=_data(), rankings=RANKINGS, ctx=ctx, student=student)
+    chosen_b = format_answer(names(["D6", "D1"]), noun="diseases")
+    own = {"a": format_answer(names(["D3", "D0"]), noun="diseases"),  # a real disagreement
+           "b": chosen_b,  # the student already writes the chosen list: fall back
+           "c": "I am not sure."}  # no list at all: fall back
+    calls: list[int] = []
+    examples = OnPolicyBuilder(OnPolicyConfig(k=2)).build(**kwargs)  # the tiny model writes its own answers
+    assert len(examples) == 3 and all(e.kind == "pair" and e.rejected != e.chosen for e in examples)
+    assert (ctx.run_dir / CACHE).is_file()
+    # A second build (other options for the fallback) reuses every cached generation.
+    monkeypatch.setattr(LlamaTextModel, "generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("regen")))
+    again = OnPolicyBuilder(OnPolicyConfig(k=2, q=1, negatives="hard")).build(**kwargs)
+    assert [e.meta["student_answer_ids"] for e in again] == [e.meta["student_answer_ids"] for e in examples]
+
+    # Scripted answers on a fresh run directory: disagreement kept, agreement and non-lists fall back.
+    fresh = RunContext(run_dir=tmp_path / "fresh")
+    order = iter(["a", "b", "c"])
+    monkeypatch.setattr(LlamaTextModel, "generate", lambda self, *, prompts, max_new_tokens, batch_size:
+                        calls.append(len(prompts)) or [own[next(order)] for _ in prompts])
+    pairs = OnPolicyBuilder(OnPolicyConfig(k=2)).build(**dict(kwargs, ctx=fresh))
+    assert calls == [3]
+    a, b, c = pairs
+    assert a.rejected == own["a"] and a.meta["rejected_source"] == "student"
+    assert b.chosen == chosen_b and b.rejected != b.chosen and b.meta["rejected_source"] == "fallback:bottom"
+    assert c.meta["rejected_source"] == "fallback:bottom" and "Disease G" not in parse_answer(b.rejected).names

@@ -497,3 +497,22 @@ def test_vision_student_packed(tmp_path):
                                                          output_dir=run / "students" / "orpo", ctx=ctx)
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     assert result.metrics["global_step"] == 2 and torch.isfinite(torch.tensor(result.metrics["final_loss"]))
+
+
+def test_tensorboard_and_passed_through_training_arguments(tiny_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "students" / "orpo"
+    optimizer = _optimizer(report_to="tensorboard", training_args="max_grad_norm=0.5; adam_beta2=0.99")
+    result = optimizer.train(student=_student(tiny_dir), examples=make_examples(), output_dir=out, ctx=_ctx(tmp_path))
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file under the student folder"
+    scalars = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert "train/loss" in scalars and "train/or_loss" in scalars
+    assert result.metrics["global_step"] == 3
+    from mint_engine.options import extra_training_arguments
+
+    assert extra_training_arguments("max_grad_norm=0.5; adam_beta2=0.99") == {"max_grad_norm": 0.5, "adam_beta2": 0.99}
+    with pytest.raises(ValueError, match="training_args.*warp_speed"):
+        extra_training_arguments("warp_speed=9")

@@ -11,6 +11,7 @@ Light at import time (dataclasses only): plugin modules import it to declare the
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,12 @@ class TrainingOptions:
                 "bytes of memory (~136 MB for the demo's 160 pairs, ~43 MB for the tissue demo's 168)."})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute activations in backward: less memory, ~30% slower."})
+    report_to: str = field(default="none", metadata={
+        "help": "Trackers transformers logs training to: none, or a comma-separated list (tensorboard, wandb, "
+                "mlflow, ...; each needs its package). TensorBoard writes to <student folder>/tensorboard."})
+    training_args: str = field(default="", metadata={
+        "help": "Other transformers TrainingArguments, passed through: 'key=value;key=value' (YAML values), e.g. "
+                "'max_grad_norm=0.5;adam_beta2=0.99'. MINT's own options win where they overlap."})
     shuffle: bool = field(default=True, metadata={
         "help": "Reshuffle the training examples every epoch (seeded). false: file order, in every trainer (MINT's "
                 "and TRL's); then N processes at batch_size b train what one process at batch N x b trains."})
@@ -112,7 +119,7 @@ def training_arguments_kwargs(options: TrainingOptions, *, output_dir: Path, see
     """Keywords for ``transformers.TrainingArguments`` (or a TRL config) from the common options."""
     import torch
 
-    return dict(
+    return extra_training_arguments(getattr(options, "training_args", "")) | dict(
         output_dir=str(output_dir / "checkpoints"),
         num_train_epochs=float(options.epochs),
         max_steps=int(options.max_steps),
@@ -136,13 +143,44 @@ def training_arguments_kwargs(options: TrainingOptions, *, output_dir: Path, see
         fp16=False,
         use_cpu=not torch.cuda.is_available(),
         activation_checkpointing=bool(options.gradient_checkpointing),
-        report_to="none",
+        report_to=report_to(options.report_to, output_dir=output_dir),
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         # MINT's packed trainers read this through mint_engine.sharding.FeatureOrder; TRL's directly.
         train_sampling_strategy="random" if options.shuffle else "sequential",
     )
+
+
+def report_to(value: str, *, output_dir: Path) -> str | list[str]:
+    """``report_to`` option -> transformers' ``report_to``; TensorBoard logs go under ``output_dir``."""
+    trackers = [t.strip() for t in str(value or "none").split(",") if t.strip()]
+    if not trackers or trackers == ["none"]:
+        return "none"
+    if "tensorboard" in trackers:
+        # transformers' TensorBoardCallback reads its folder from this variable only (default: under
+        # the checkpoints, which MINT prunes); the student folder keeps it beside metrics.jsonl.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(output_dir) / "tensorboard")
+    return trackers
+
+
+def extra_training_arguments(value: str) -> dict[str, Any]:
+    """``training_args`` option ('key=value;...') -> keywords; unknown ``TrainingArguments`` fields are an error."""
+    import dataclasses
+
+    import yaml
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in str(value or "").split(";"))):
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ValueError(f"optimizer.training_args: {item!r} is not key=value with a TrainingArguments field "
+                             f"(e.g. max_grad_norm=0.5)")
+        out[key] = yaml.safe_load(text)
+    return out
 
 
 def _warmup_share(value: float) -> float:
