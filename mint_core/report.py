@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.table import Table
+from rich.text import Text
 
 from mint_core import io
 
@@ -39,9 +40,12 @@ SHORT_NAMES = {"rank_top1": "r-top1", "rank_top3": "r-top3", "rank_top5": "r-top
                "rank_raw_top1": "raw-top1", "rank_raw_top10": "raw-top10", "rank_top1_max_label_share": "1st-lab",
                "well_formed": "formed", "hallucination_rate": "halluc", "teacher_top1_agreement": "T-agree",
                "teacher_topk_coverage": "T-top-k", "teacher_bottomq_avoidance": "T-avoid"}
-LEGEND = ("value [95% bootstrap CI]. r-: ranking mode, calibrated (eval.calibration); raw-: uncalibrated; "
-          "1st-lab: share of cases whose first label is the most frequent first label; formed: well-formed "
-          "answers; halluc: listed names matching no label; T-: teacher agreement (top-1, top-k coverage)")
+LEGEND = ("How to read: value [95% interval]; teacher rows: Wilson score interval, students: percentile "
+          "bootstrap over the test cases. top1/top10: the true label is first / among the first 10 of the "
+          "written list. r-: ranking mode (every label scored by the student's log-likelihood), calibrated "
+          "(eval.calibration); raw-: uncalibrated. 1st-lab: share of cases whose first label is the most "
+          "frequent first label. formed: well-formed answers. halluc: listed names matching no label. T-agree: "
+          "first label = the teacher's; T-top-k: share of the teacher's top-k listed.")
 TABLE_WIDTH = 100
 
 
@@ -74,16 +78,16 @@ def _fit_columns(columns: list[str], cells: dict[str, list[str]], first_width: i
 
 
 def metrics_tables(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results",
-                   width: int = TABLE_WIDTH) -> list[Table]:
-    """The closing summary, one row per role, split into as many tables as ``width`` columns need."""
+                   width: int = TABLE_WIDTH) -> list[Table | Text]:
+    """The closing summary: the legend, then one row per role, split into as many tables as ``width`` needs."""
     roles = roles_in_order(all_metrics)
     columns = [c for c in metric_columns(all_metrics) if c not in TABLE_SKIPS]
     cells = {c: [format_share(all_metrics[r], c) for r in roles] for c in columns}
     role_width = max(len("role"), *(len(r) for r in roles)) if roles else 4
     groups = _fit_columns(columns, cells, role_width, width)
-    tables = []
-    for i, group in enumerate(groups):  # the legend goes under the first, widest table
-        table = Table(title=title if i == 0 else None, caption=LEGEND if i == 0 else None)
+    tables: list[Table | Text] = [Text(f"{title}\n", style="bold"), Text(LEGEND, style="dim")]
+    for group in groups:  # the legend comes first: a reader meets it before the abbreviations
+        table = Table()
         table.add_column("role", style="bold", no_wrap=True)
         for column in group:
             table.add_column(SHORT_NAMES.get(column, column), justify="right", no_wrap=True)
@@ -95,19 +99,45 @@ def metrics_tables(all_metrics: dict[str, dict[str, Any]], title: str = "MINT re
 
 def metrics_table(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results") -> Table:
     """All summary columns in one table (see :func:`metrics_tables` for the terminal-width split)."""
-    return metrics_tables(all_metrics, title=title, width=10**6)[0]
+    return next(t for t in metrics_tables(all_metrics, title=title, width=10**6) if isinstance(t, Table))
 
 
 def deltas_table(deltas: Sequence[dict[str, Any]], title: str = "Paired differences") -> Table:
-    """One row per (role, reference, metric): delta, its paired-bootstrap 95% CI and McNemar's exact p."""
-    table = Table(title=title, caption="delta = role minus reference on the same test cases; p: McNemar exact")
-    for column in ("role", "vs", "metric", "delta", "95% CI", "p"):
+    """One row per (role, reference, metric): delta, its paired-bootstrap 95% CI, McNemar's exact p and,
+    in words, whether the difference is significant (the interval excludes 0); the caption sums it up."""
+    table = Table(title=title, caption=significance_sentence(deltas) + "\ndelta = role minus reference on the same "
+                  "test cases; 95% CI: paired bootstrap over cases; p: McNemar exact")
+    for column in ("role", "vs", "metric", "delta", "95% CI", "p", "significant"):
         table.add_column(column, justify="right" if column in ("delta", "95% CI", "p") else "left", no_wrap=True)
     for row in deltas:
         table.add_row(row["role"], row["reference"], SHORT_NAMES.get(row["metric"], row["metric"]),
                       f"{row['delta']:+.3f}", f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}]",
-                      "—" if row.get("p_mcnemar") is None else f"{row['p_mcnemar']:.3g}")
+                      "—" if row.get("p_mcnemar") is None else f"{row['p_mcnemar']:.3g}",
+                      "yes" if significant(row) else "no")
     return table
+
+
+def significant(row: dict[str, Any]) -> bool:
+    """A paired difference counts when its 95% interval excludes 0."""
+    low, high = row["ci"]
+    return low > 0 or high < 0
+
+
+def significance_sentence(deltas: Sequence[dict[str, Any]]) -> str:
+    """E.g. 'orpo vs base: better on top1, top10; no significant difference on r-top1.'"""
+    parts = []
+    pairs = dict.fromkeys((row["role"], row["reference"]) for row in deltas)
+    for role, reference in pairs:
+        rows = [r for r in deltas if (r["role"], r["reference"]) == (role, reference)]
+        name = lambda r: SHORT_NAMES.get(r["metric"], r["metric"])  # noqa: E731
+        better = [name(r) for r in rows if significant(r) and r["delta"] > 0]
+        worse = [name(r) for r in rows if significant(r) and r["delta"] < 0]
+        same = [name(r) for r in rows if not significant(r)]
+        words = ([f"better on {', '.join(better)}"] if better else []) + \
+                ([f"worse on {', '.join(worse)}"] if worse else []) + \
+                ([f"no significant difference on {', '.join(same)}"] if same else [])
+        parts.append(f"{role} vs {reference}: {'; '.join(words)}.")
+    return " ".join(parts)
 
 
 def markdown_table(all_metrics: dict[str, dict[str, Any]]) -> str:
@@ -121,12 +151,14 @@ def markdown_table(all_metrics: dict[str, dict[str, Any]]) -> str:
 
 
 def markdown_deltas(deltas: Sequence[dict[str, Any]]) -> str:
-    lines = ["| role | vs | metric | delta | 95% CI | McNemar p | n |", "|---|---|---|---|---|---|---|"]
+    lines = ["| role | vs | metric | delta | 95% CI | McNemar p | n | significant |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in deltas:
         p = "—" if row.get("p_mcnemar") is None else f"{row['p_mcnemar']:.3g}"
         lines.append(f"| {row['role']} | {row['reference']} | {row['metric']} | {row['delta']:+.3f} | "
-                     f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}] | {p} | {row['n']} |")
-    return "\n".join(lines)
+                     f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}] | {p} | {row['n']} | "
+                     f"{'yes' if significant(row) else 'no'} |")
+    return "\n".join(lines + ["", significance_sentence(deltas)] if deltas else lines)
 
 
 def teacher_table(teacher: dict[str, Any]) -> str:

@@ -87,6 +87,25 @@ def test_terminal_tables_fit_100_columns(registry, tmp_path):
     assert "…" not in text  # no header or cell cut short
     for header in ("r-top1", "raw-top1", "formed", "halluc", "T-agree", "1st-lab"):
         assert header in text
+    # The legend comes before the first table and names each interval's method.
+    assert text.index("How to read") < text.index("r-top1")
+    assert "Wilson" in text and "bootstrap" in text
+
+
+def test_paired_differences_say_in_words_which_are_significant():
+    from rich.console import Console
+
+    from mint_core.report import deltas_table, markdown_deltas
+
+    deltas = [{"role": "orpo", "reference": "sft", "metric": "top1", "delta": 0.1, "ci": [0.02, 0.18],
+               "p_mcnemar": 0.01, "n": 200},
+              {"role": "orpo", "reference": "sft", "metric": "rank_top1", "delta": -0.02, "ci": [-0.07, 0.03],
+               "p_mcnemar": 0.5, "n": 200}]
+    console = Console(width=100, record=True)
+    console.print(deltas_table(deltas))
+    text = console.export_text()
+    assert "orpo vs sft: better on top1; no significant difference on r-top1." in " ".join(text.split())
+    assert "| yes |" in markdown_deltas(deltas) and "| no |" in markdown_deltas(deltas)
 
 
 def test_compare_with_seeds_shares_the_teacher_and_reports_spread(registry, tmp_path):
