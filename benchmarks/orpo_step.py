@@ -300,8 +300,8 @@ def build_side(impl: str, student, ctx, args, tmp: Path) -> dict:
                      nll_on_prompt=not (impl == "mint" and args.answer_only_nll),
                      # MINT's default (auto: padded rows for these batches under sdpa, see padding_free.py)
                      padding_free="true" if args.padding_free else "auto", seed=args.seed)
-    # Same seed and student on both sides: identical pairs and token ids.
-    examples = make_examples(sm, args.batch_size * (args.steps + args.warmup), prompt_tokens=args.prompt_tokens,
+    # Same seed and student on both sides: identical pairs and token ids (the memory probe runs 2 steps).
+    examples = make_examples(sm, args.batch_size * (max(args.steps, 2) + args.warmup), prompt_tokens=args.prompt_tokens,
                              answer_tokens=(lo, hi), seed=args.seed, spread=args.prompt_spread)
     features = encode_pairs(sm, examples, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     kwargs = training_arguments_kwargs(cfg, output_dir=tmp / impl, seed=args.seed)
