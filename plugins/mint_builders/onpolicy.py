@@ -49,10 +49,10 @@ class OnPolicyBuilder(TopKBuilder):
         if adapter is not None and not (adapter / "adapter_model.safetensors").is_file():
             raise MintError(f"builder.adapter={self.config.adapter!r}: no adapter_model.safetensors in {adapter}")
         who = fingerprint(getattr(student, "config", None), _file_digest(adapter), self.config.max_new_tokens)
-        keys = [fingerprint(who, prompt.to_dict() if hasattr(prompt, "to_dict") else repr(prompt)) for prompt in prompts]
+        keys = [fingerprint(who, prompt.to_dict()) for prompt in prompts]
         path = ctx.path(*CACHE.parts)
         cached = {row["key"]: row["answer"] for row in io.read_jsonl(path)} if path.is_file() else {}
-        todo = sorted({i for i, key in enumerate(keys) if key not in cached})
+        todo = [i for i, key in enumerate(keys) if key not in cached]
         if todo:
             ctx.log(f"builder onpolicy: the student writes {len(todo)} answer(s) ({len(keys) - len(todo)} cached)")
             model = student.load(ctx=ctx, adapter_dir=adapter)
@@ -69,13 +69,14 @@ class OnPolicyBuilder(TopKBuilder):
         parsed = parse_answer(answer, noun=task.label_noun)
         ids = match_names(parsed.names, data.labels)
         meta: dict[str, Any] = {**pair.meta, "builder": self.name, "student_answer_ids": ids}
+        rejected = pair.rejected
         if not parsed.names or ids == pair.meta["chosen_ids"] or answer.strip() == pair.chosen:
             meta["rejected_source"] = "fallback:" + self.config.negatives
-            return PreferenceExample(case_id=pair.case_id, prompt=pair.prompt, kind="pair", chosen=pair.chosen,
-                                     rejected=pair.rejected, meta=meta)
-        meta.update(rejected_source="student", rejected_ids=ids, rejected_ranks=None, q=len(ids))
+        else:
+            rejected = answer.strip()
+            meta.update(rejected_source="student", rejected_ids=ids, rejected_ranks=None, q=len(ids))
         return PreferenceExample(case_id=pair.case_id, prompt=pair.prompt, kind="pair", chosen=pair.chosen,
-                                 rejected=answer.strip(), meta=meta)
+                                 rejected=rejected, meta=meta)
 
 
 def _file_digest(adapter: Path | None) -> str:
