@@ -63,7 +63,8 @@ def _assert_same_adapter(one: Path, two: Path) -> None:
     first, second = load_file(one / "adapter_model.safetensors"), load_file(two / "adapter_model.safetensors")
     assert first.keys() == second.keys()
     for key in first:
-        torch.testing.assert_close(first[key], second[key], atol=1e-5, rtol=0, msg=key)
+        gap = (first[key] - second[key]).abs().max().item()
+        assert gap <= 1e-5, f"{one.parent.name}: {key} differs by {gap:.2e} between one and two processes"
 
 
 def test_two_processes_train_what_one_process_trains(student, tmp_path):

@@ -514,5 +514,8 @@ def test_tensorboard_and_passed_through_training_arguments(tiny_dir, tmp_path):
     from mint_engine.options import extra_training_arguments
 
     assert extra_training_arguments("max_grad_norm=0.5; adam_beta2=0.99") == {"max_grad_norm": 0.5, "adam_beta2": 0.99}
+    assert extra_training_arguments("adam_epsilon=1e-4") == {"adam_epsilon": 1e-4}  # YAML would keep "1e-4" a string
+    with pytest.raises(ValueError, match="adam_epsilon='fast' is not a number"):
+        extra_training_arguments("adam_epsilon=fast")
     with pytest.raises(ValueError, match="training_args.*warp_speed"):
         extra_training_arguments("warp_speed=9")

@@ -171,15 +171,22 @@ def extra_training_arguments(value: str) -> dict[str, Any]:
     import yaml
     from transformers import TrainingArguments
 
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
     out: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in str(value or "").split(";"))):
         key, sep, text = item.partition("=")
         key = key.strip()
-        if not sep or key not in known:
+        if not sep or key not in defaults:
             raise ValueError(f"optimizer.training_args: {item!r} is not key=value with a TrainingArguments field "
                              f"(e.g. max_grad_norm=0.5)")
-        out[key] = yaml.safe_load(text)
+        value = yaml.safe_load(text)
+        # YAML 1.1 reads "1e-4" as a string; a float field takes it as the number it spells.
+        if isinstance(defaults[key], float) and isinstance(value, (str, int)) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"optimizer.training_args: {key}={text.strip()!r} is not a number") from None
+        out[key] = value
     return out
 
 
