@@ -16,7 +16,11 @@ table's times are the epochs' cost; the cache build is timed once per placement 
 (``bottom`` or ``hard``) rebuild the training pairs with the ``topk`` builder's rejected side changed
 (the chosen side, k, stays the run's), so the rejected side is swept like the rest; without them
 the run's own preferences are used. ``--adapter NAME=DIR`` evaluates an already trained adapter as
-one more row (no training). Base is always the first row. Results are also written to
+one more row (no training). ``--lever NAME=key=value;key=value`` trains one more ORPO student at the
+run's own optimizer settings (``run.config["optimizer"]``: the budget ``mint run`` trains) with those
+ORPO options changed (``beta=0.5``, ``logp_tokens=decision``, ``logp_average=false``), and
+``builder=onpolicy`` trains it on that builder's pairs (built in the run directory, generations
+cached): issue 29's levers, each against the paper setting (``--lever paper=``). Base is always the first row. Results are also written to
 ``<run-dir>/sweep/sweep.json`` row by row, so a killed sweep keeps its finished rows.
 """
 
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--run-dir", type=Path, required=True, help="run with teach + prefs (built when missing)")
     parser.add_argument("--grid", default="4:4:1e-3,4:2:2e-3,4:2:3e-3")
     parser.add_argument("--adapter", action="append", default=[], help="NAME=DIR: evaluate a trained adapter too")
+    parser.add_argument("--lever", action="append", default=[],
+                        help="NAME=key=value;...: ORPO at the run's settings with these options (builder=NAME too)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from mint_core import io
+    from mint_core.config import build_config
+    from mint_core.types import PreferenceExample
     from mint_core.evaluation import calibration_reference, evaluate_generation
     from mint_core.metrics import ranking_from_scores
     from mint_llama import LlamaTextConfig
@@ -174,6 +182,36 @@ def main(argv: list[str] | None = None) -> dict:
                       "steps": int(result.metrics.get("global_step", 0)),
                       "train_loss": round(result.metrics.get("train_loss", float("nan")), 4),
                       "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu, 1)})
+    for item in args.lever:
+        name, _, text = item.partition("=")
+        if name in done:
+            rows.append(done[name])
+            continue
+        overrides = dict(part.split("=", 1) for part in filter(None, (p.strip() for p in text.split(";"))))
+        builder = overrides.pop("builder", None)
+        pairs_suffix[0] = f"-{builder}" if builder else ""
+        pairs = examples if not builder else [PreferenceExample.from_dict(row)
+                                              for row in io.read_jsonl(run.prefs(builder, quiet=True))]
+        section = {k: v for k, v in run.config["optimizer"].items() if k != "name"}
+        options = {**section, **overrides, "save_steps": 10**6, "seed": int(run.config["seed"])}
+        cfg = build_config(OrpoConfig, options, section="optimizer", component="orpo")
+        lora_layers = int(run.config["student"].get("lora_layers") or 0)
+        target = out_dir / name
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        built_before = dict(build_seconds)
+        began = time.perf_counter()
+        result = OrpoOptimizer(cfg).train(student=LlamaTextStudent(LlamaTextConfig(**student_section,
+                                                                                   lora_layers=lora_layers)),
+                                          examples=pairs, output_dir=target, ctx=run.ctx)
+        train_s = time.perf_counter() - began - sum(s for k, s in build_seconds.items() if k not in built_before)
+        evaluate_row(name, lora_layers, result.adapter_dir,
+                     {"lever": text or "paper setting", "pairs": len(pairs),
+                      "steps": int(result.metrics.get("global_step", 0)),
+                      "train_loss": round(result.metrics.get("train_loss", float("nan")), 4),
+                      "train_seconds": round(train_s, 1)})
     result = {"benchmark": "demo_sweep", "threads": torch.get_num_threads(), "train_pairs": len(examples),
               "val_cases": len(val), "cache_build_seconds": build_seconds, "rows": rows,
               "load_avg_1min": round(os.getloadavg()[0], 2)}
