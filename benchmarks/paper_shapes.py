@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from efficiency import linear_params, lora_params  # noqa: E402  (one formula for a layer's weights)
 from orpo_step import main as orpo_step, report  # noqa: E402  (the same timed step, both trainers)
 
 LLAMA_32_3B = dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
@@ -70,10 +71,9 @@ def build_model(directory: Path, layers: int, dtype: str) -> Path:
 
 def counts(layers: int = 28) -> dict[str, int]:
     c = LLAMA_32_3B
-    h, i, kv, q = c["hidden_size"], c["intermediate_size"], c["num_key_value_heads"] * c["head_dim"], \
-        c["num_attention_heads"] * c["head_dim"]
-    per_layer = h * q * 2 + h * kv * 2 + 3 * h * i
-    lora = LORA_R * ((h + q) * 2 + (h + kv) * 2 + 2 * (h + i) + (i + h))
+    shape = {"h": c["hidden_size"], "i": c["intermediate_size"], "kv": c["num_key_value_heads"] * c["head_dim"],
+             "q": c["num_attention_heads"] * c["head_dim"]}
+    h, per_layer, lora = shape["h"], linear_params(shape), lora_params(shape, LORA_R)
     return {"embedding": c["vocab_size"] * h, "layer_linear": per_layer, "layers": layers,
             "lora_per_layer": lora, "lora": lora * layers, "weights": c["vocab_size"] * h + per_layer * layers}
 
