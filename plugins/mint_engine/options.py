@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mint_core.hardware import CPU_BF16_FLAGS, cpu_bf16_flags  # noqa: F401  (re-exported; use_bf16 reads it here)
+from mint_core.hardware import cpu_bf16_flags  # here so tests can patch what use_bf16 reads
 
 if TYPE_CHECKING:
     from mint_core.context import RunContext
