@@ -239,3 +239,23 @@ def test_notes_branch_reads_the_phenotype_and_the_ablation_hides_branches(fitted
     variants = teacher.variant_rankings(data=data, cases=data.split("test"), ctx=ctx)
     assert set(variants) == {"notes-only", "face-only", "hpo"}
     assert variants["notes-only"][0].scores != variants["face-only"][0].scores
+
+
+def test_thread_count_never_follows_the_load(monkeypatch):
+    """num_threads=0 keeps torch's count on a busy machine: the count sets the summation order, so a
+    load-chosen count gave a different teacher (and students) for the same seed."""
+    import os
+
+    from mint_gestalt.teacher import _threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # other test modules pin 1, which the old auto choice would also give
+    try:
+        with _threads(0):
+            assert torch.get_num_threads() == 2
+        with _threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)

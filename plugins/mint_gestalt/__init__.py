@@ -68,8 +68,9 @@ class GestaltConfig:
         "help": "Share of train cases held out for early stopping when the task has no 'val' split."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu' or 'cuda'."})
     num_threads: int = field(default=0, metadata={
-        "help": "CPU threads for torch while the teacher runs. 0 (auto): torch's default, or 1 when the machine "
-                "is busier than its core count (contending OpenMP threads then run several times slower)."})
+        "help": "CPU threads for torch while the teacher runs. 0: torch's default. The thread count changes the "
+                "order of floating-point sums, so the same seed gives the same teacher only at the same count; "
+                "1 runs several times faster on a CPU busy with other jobs."})
 
 
 @hookimpl
