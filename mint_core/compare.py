@@ -213,14 +213,14 @@ def write_comparison(run: Run, metrics: dict[str, dict[str, Any]], deltas: Seque
              "Each share: value [95% bootstrap interval over test cases].", "", markdown_table(metrics), ""]
     if deltas:
         parts += ["## Paired differences (same test cases)", "",
-                  "delta = method minus reference; 95% paired-bootstrap interval; McNemar's exact test.", "",
+                  "delta = method minus reference; 95% paired-bootstrap interval; p: McNemar's exact test.", "",
                   markdown_deltas(deltas), ""]
     if seeds:
         parts += [f"## Across seeds {', '.join(map(str, seeds['seeds']))}", "",
                   f"Shared: {seeds['shared']}. mean ± sd over seeds; pooled: per-case outcomes averaged over "
                   "seeds, bootstrapped over cases.", "", markdown_seeds(seeds), ""]
         if seeds.get("pooled_deltas"):
-            parts += ["Pooled paired differences (McNemar needs 0/1 outcomes: none on seed averages):", "",
+            parts += ["Pooled paired differences (seed averages are not 0/1, so p is the exact sign test over cases):", "",
                       markdown_deltas(seeds["pooled_deltas"]), ""]
     io.write_text(run.run_dir / "comparison.md", "\n".join(parts))
     io.write_json(run.run_dir / "comparison.json", {"metrics": metrics, "deltas": list(deltas), "seeds": seeds})

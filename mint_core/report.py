@@ -106,15 +106,22 @@ def deltas_table(deltas: Sequence[dict[str, Any]], title: str = "Paired differen
     """One row per (role, reference, metric): delta, its paired-bootstrap 95% CI, McNemar's exact p and,
     in words, whether the difference is significant (the interval excludes 0); the caption sums it up."""
     table = Table(title=title, caption=significance_sentence(deltas) + "\ndelta = role minus reference on the same "
-                  "test cases; 95% CI: paired bootstrap over cases; p: McNemar exact")
+                  "test cases; 95% CI: paired bootstrap over cases; p: McNemar exact (on seed "
+                  "averages: sign test over cases)")
     for column in ("role", "vs", "metric", "delta", "95% CI", "p", "significant"):
         table.add_column(column, justify="right" if column in ("delta", "95% CI", "p") else "left", no_wrap=True)
     for row in deltas:
         table.add_row(row["role"], row["reference"], SHORT_NAMES.get(row["metric"], row["metric"]),
                       f"{row['delta']:+.3f}", f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}]",
-                      "—" if row.get("p_mcnemar") is None else f"{row['p_mcnemar']:.3g}",
-                      "yes" if significant(row) else "no")
+                      p_text(row), "yes" if significant(row) else "no")
     return table
+
+
+def p_text(row: dict[str, Any]) -> str:
+    """McNemar's exact p on 0/1 outcomes, else the sign test over cases (marked "sign")."""
+    if row.get("p_mcnemar") is not None:
+        return f"{row['p_mcnemar']:.3g}"
+    return "—" if row.get("p_sign") is None else f"{row['p_sign']:.3g} (sign)"
 
 
 def significant(row: dict[str, Any]) -> bool:
@@ -151,10 +158,10 @@ def markdown_table(all_metrics: dict[str, dict[str, Any]]) -> str:
 
 
 def markdown_deltas(deltas: Sequence[dict[str, Any]]) -> str:
-    lines = ["| role | vs | metric | delta | 95% CI | McNemar p | n | significant |",
+    lines = ["| role | vs | metric | delta | 95% CI | p | n | significant |",
              "|---|---|---|---|---|---|---|---|"]
     for row in deltas:
-        p = "—" if row.get("p_mcnemar") is None else f"{row['p_mcnemar']:.3g}"
+        p = p_text(row)
         lines.append(f"| {row['role']} | {row['reference']} | {row['metric']} | {row['delta']:+.3f} | "
                      f"[{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}] | {p} | {row['n']} | "
                      f"{'yes' if significant(row) else 'no'} |")

@@ -81,7 +81,11 @@ def paired_difference(first: Sequence[float], second: Sequence[float], *, n_resa
 
     ``first`` and ``second`` are per-case outcomes in the same case order. The p-value is given
     when both are 0/1 hits (McNemar's exact test: a two-sided binomial test of the discordant
-    pairs against 1/2, ``scipy.stats.binomtest``), else ``None``.
+    pairs against 1/2, ``scipy.stats.binomtest``), else ``None``. ``p_sign`` is the exact sign test
+    over cases (cases where ``second`` is higher against those where it is lower): on 0/1 hits it
+    is McNemar's p, and it stays valid on outcomes averaged over training seeds, where the cases
+    are still the independent units (the seeds share them, so their hits may not be pooled as if
+    they were separate cases).
     """
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     if a.shape != b.shape:
@@ -92,7 +96,18 @@ def paired_difference(first: Sequence[float], second: Sequence[float], *, n_resa
         "ci": bootstrap_interval(diff, n_resamples=n_resamples, level=level, seed=seed), "n": int(diff.size)}
     binary = bool(np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all())
     out["p_mcnemar"] = mcnemar_exact(a, b)["p"] if binary and diff.size else None
+    out["p_sign"] = sign_test(diff)
     return out
+
+
+def sign_test(differences: Sequence[float]) -> float:
+    """Two-sided exact sign test that positive and negative per-case differences are equally likely
+    (zeros dropped; 1.0 when every difference is 0)."""
+    from scipy.stats import binomtest
+
+    diff = np.asarray(differences, dtype=float)
+    above, below = int((diff > 0).sum()), int((diff < 0).sum())
+    return 1.0 if above + below == 0 else float(binomtest(above, above + below, 0.5).pvalue)
 
 
 def mcnemar_exact(first: Sequence[float], second: Sequence[float]) -> dict[str, float | int]:
@@ -111,4 +126,4 @@ def mcnemar_exact(first: Sequence[float], second: Sequence[float]) -> dict[str, 
 
 
 __all__ = ["N_RESAMPLES", "bootstrap_interval", "largest_class_interval", "mcnemar_exact", "paired_difference",
-           "ratio_interval"]
+           "ratio_interval", "sign_test"]

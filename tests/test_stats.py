@@ -67,6 +67,11 @@ def test_paired_delta_equals_difference_of_means():
     assert paired["p_mcnemar"] == pytest.approx(2 * 0.5 ** 12)
     # Non-binary outcomes (reciprocal ranks) get no McNemar p.
     assert paired_difference([0.5, 1.0], [1.0, 0.25])["p_mcnemar"] is None
+    # The sign test over cases is McNemar's p on 0/1 hits, and defined on seed averages: 9 cases
+    # higher, 1 lower, 2 tied -> binomtest(9, 10) = 22 / 1024.
+    assert paired["p_sign"] == pytest.approx(paired["p_mcnemar"])
+    averaged = paired_difference([0.0] * 12, [1 / 3] * 9 + [-1 / 3] + [0.0] * 2)
+    assert averaged["p_mcnemar"] is None and averaged["p_sign"] == pytest.approx(22 / 1024)
     with pytest.raises(ValueError, match="length"):
         paired_difference([1, 0], [1])
 
