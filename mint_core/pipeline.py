@@ -75,8 +75,21 @@ class Run:
     def save_config(self) -> None:
         if not distributed.is_main():
             return
+        self._say_if_task_changed()
         io.write_yaml(self.run_dir / "config.yaml", self.config)
         io.write_json(self.run_dir / "env.json", environment(self.registry))
+
+    def _say_if_task_changed(self) -> None:
+        """Name the task options that differ from the run this directory held (the default directory
+        is named without them: own data would otherwise replace the demo's results silently)."""
+        from mint_core.config import load_config_file
+
+        saved = self.run_dir / "config.yaml"
+        before, now = (load_config_file(saved).get("task") or {}) if saved.exists() else None, self.config["task"]
+        changed = [f"task.{k}" for k in sorted(set(before or {}) | set(now)) if before and before.get(k) != now.get(k)]
+        if changed:
+            self.ctx.log(f"{self.run_dir} held a run of another task ({', '.join(changed)} changed): its "
+                         "stages are redone here and its results replaced; pass --run-dir DIR to keep both")
 
     def _state(self) -> dict[str, str]:
         path = self.run_dir / "stages.json"

@@ -96,3 +96,11 @@ def test_changed_training_config_discards_stale_checkpoints(registry, tmp_path):
     changed.train()
     assert not stale.exists()
     assert (tmp_path / "r" / "students" / "counting" / "table.json").exists()
+
+
+def test_a_different_task_in_the_same_directory_is_named(registry, tmp_path, caplog):
+    make_run(registry, tmp_path / "r")
+    make_run(registry, tmp_path / "r")  # the same task again: a continued run, nothing to say
+    assert "held a run of another task" not in caplog.text
+    make_run(registry, tmp_path / "r", "task.noise=0.5")
+    assert "held a run of another task (task.noise changed)" in caplog.text and "--run-dir" in caplog.text
