@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 from rich.console import Console
 
 from mint_core import distributed, io
-from mint_core.config import build_config, instantiate
+from mint_core.config import build_config, instantiate, load_config_file
 from mint_core.context import RunContext
 from mint_core.evaluation import EvalConfig, calibration_reference, constrained_evaluation, evaluate, spread_cases
 from mint_core.metrics import REFERENCE_ROLES, default_ks, paired_comparisons, teacher_metrics, teacher_report
@@ -82,11 +82,11 @@ class Run:
     def _say_if_task_changed(self) -> None:
         """Name the task options that differ from the run this directory held (the default directory
         is named without them: own data would otherwise replace the demo's results silently)."""
-        from mint_core.config import load_config_file
-
         saved = self.run_dir / "config.yaml"
-        before, now = (load_config_file(saved).get("task") or {}) if saved.exists() else None, self.config["task"]
-        changed = [f"task.{k}" for k in sorted(set(before or {}) | set(now)) if before and before.get(k) != now.get(k)]
+        if not saved.exists():
+            return
+        before, now = load_config_file(saved).get("task") or {}, self.config["task"]
+        changed = [f"task.{k}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         if changed:
             self.ctx.log(f"{self.run_dir} held a run of another task ({', '.join(changed)} changed): its "
                          "stages are redone here and its results replaced; pass --run-dir DIR to keep both")

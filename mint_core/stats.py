@@ -103,11 +103,16 @@ def paired_difference(first: Sequence[float], second: Sequence[float], *, n_resa
 def sign_test(differences: Sequence[float]) -> float:
     """Two-sided exact sign test that positive and negative per-case differences are equally likely
     (zeros dropped; 1.0 when every difference is 0)."""
+    diff = np.asarray(differences, dtype=float)
+    return _fair_coin_p(int((diff > 0).sum()), int((diff < 0).sum()))
+
+
+def _fair_coin_p(heads: int, tails: int) -> float:
+    """Two-sided exact binomial p of ``heads`` against 1/2 (``scipy.stats.binomtest``); 1.0 with no toss."""
     from scipy.stats import binomtest
 
-    diff = np.asarray(differences, dtype=float)
-    above, below = int((diff > 0).sum()), int((diff < 0).sum())
-    return 1.0 if above + below == 0 else float(binomtest(above, above + below, 0.5).pvalue)
+    n = heads + tails
+    return 1.0 if n == 0 else float(binomtest(heads, n, 0.5, alternative="two-sided").pvalue)
 
 
 def mcnemar_exact(first: Sequence[float], second: Sequence[float]) -> dict[str, float | int]:
@@ -116,13 +121,9 @@ def mcnemar_exact(first: Sequence[float], second: Sequence[float]) -> dict[str, 
     ``b``: cases only ``first`` got right; ``c``: only ``second``. Under the null each discordant
     case is a fair coin, so p is ``binomtest(c, b + c, 0.5)`` (1.0 when there is no discordant case).
     """
-    from scipy.stats import binomtest
-
     a, b = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
     only_first, only_second = int((a & ~b).sum()), int((~a & b).sum())
-    n = only_first + only_second
-    p = 1.0 if n == 0 else float(binomtest(only_second, n, 0.5, alternative="two-sided").pvalue)
-    return {"b": only_first, "c": only_second, "p": p}
+    return {"b": only_first, "c": only_second, "p": _fair_coin_p(only_second, only_first)}
 
 
 __all__ = ["N_RESAMPLES", "bootstrap_interval", "largest_class_interval", "mcnemar_exact", "paired_difference",
