@@ -213,7 +213,8 @@ def write_comparison(run: Run, metrics: dict[str, dict[str, Any]], deltas: Seque
              "Each share: value [95% bootstrap interval over test cases].", "", markdown_table(metrics), ""]
     if deltas:
         parts += ["## Paired differences (same test cases)", "",
-                  "delta = method minus reference; 95% paired-bootstrap interval; p: McNemar's exact test.", "",
+                  "delta = method minus reference; 95% paired-bootstrap interval; p: McNemar's exact test on 0/1 "
+                  "hits, else the exact sign test over cases.", "",
                   markdown_deltas(deltas), ""]
     if seeds:
         parts += [f"## Across seeds {', '.join(map(str, seeds['seeds']))}", "",

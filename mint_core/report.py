@@ -106,8 +106,8 @@ def deltas_table(deltas: Sequence[dict[str, Any]], title: str = "Paired differen
     """One row per (role, reference, metric): delta, its paired-bootstrap 95% CI, McNemar's exact p and,
     in words, whether the difference is significant (the interval excludes 0); the caption sums it up."""
     table = Table(title=title, caption=significance_sentence(deltas) + "\ndelta = role minus reference on the same "
-                  "test cases; 95% CI: paired bootstrap over cases; p: McNemar exact (on seed "
-                  "averages: sign test over cases)")
+                  "test cases; 95% CI: paired bootstrap over cases; p: McNemar exact on 0/1 hits, "
+                  "else sign test over cases")
     for column in ("role", "vs", "metric", "delta", "95% CI", "p", "significant"):
         table.add_column(column, justify="right" if column in ("delta", "95% CI", "p") else "left", no_wrap=True)
     for row in deltas:
@@ -118,10 +118,9 @@ def deltas_table(deltas: Sequence[dict[str, Any]], title: str = "Paired differen
 
 
 def p_text(row: dict[str, Any]) -> str:
-    """McNemar's exact p on 0/1 outcomes, else the sign test over cases (marked "sign")."""
-    if row.get("p_mcnemar") is not None:
-        return f"{row['p_mcnemar']:.3g}"
-    return "—" if row.get("p_sign") is None else f"{row['p_sign']:.3g} (sign)"
+    """McNemar's exact p on 0/1 outcomes, else the sign test over cases (the captions say which)."""
+    p = row["p_mcnemar"] if row.get("p_mcnemar") is not None else row.get("p_sign")
+    return "—" if p is None else f"{p:.3g}"
 
 
 def significant(row: dict[str, Any]) -> bool:
