@@ -131,8 +131,39 @@ def demo_run_dir(path: str | None) -> Path:
     return run_dir
 
 
+def _step_profiler_class():
+    from transformers import TrainerCallback
+
+    class StepProfiler(TrainerCallback):
+        """torch.profiler over ``steps`` training steps after ``after``; prints the top ops by self CPU time."""
+
+        def __init__(self, *, after: int, steps: int, top: int = 18):
+            self.after, self.steps, self.top, self.prof = after, steps, top, None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == self.after and self.prof is None:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is not None and state.global_step == self.after + self.steps:
+                self.prof.__exit__(None, None, None)
+                table = self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=self.top)
+                print(f"profile of {self.steps} training step(s), self CPU time:\n{table}", file=sys.stderr)
+                by_shape = self.prof.key_averages(group_by_input_shape=True)
+                products = [e for e in by_shape if e.key in ("aten::mm", "aten::bmm")]
+                products.sort(key=lambda e: -e.self_cpu_time_total)
+                total = sum(e.self_cpu_time_total for e in by_shape if e.key in ("aten::mm", "aten::bmm"))
+                print("matrix products by input shape (share of their self CPU time):", file=sys.stderr)
+                for e in products[:self.top]:
+                    print(f"  {e.key:10s} {e.self_cpu_time_total / total:6.1%} {e.count:5d} calls  {e.input_shapes}",
+                          file=sys.stderr)
+
+    return StepProfiler
+
+
 # -- workloads --------------------------------------------------------------------------------
-def measure_training(run_dir: Path, steps: int, warmup: int) -> tuple[dict, object]:
+def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0) -> tuple[dict, object]:
     from transformers import TrainerCallback
 
     from mint_core import io
@@ -146,6 +177,7 @@ def measure_training(run_dir: Path, steps: int, warmup: int) -> tuple[dict, obje
     from mint_llama.student import LlamaTextStudent
     from mint_orpo import OrpoConfig
 
+    StepProfiler = _step_profiler_class()
     ctx = RunContext(run_dir=Path(tempfile.mkdtemp(prefix="mint-eff-ctx-")))
     student_cfg = LlamaTextConfig(lora_layers=8)
     sm = LlamaTextStudent(student_cfg).load(ctx=ctx, trainable=True)
@@ -166,6 +198,8 @@ def measure_training(run_dir: Path, steps: int, warmup: int) -> tuple[dict, obje
             times.append(time.perf_counter() - self.t)
 
     trainer.add_callback(Clock())
+    if profile:
+        trainer.add_callback(StepProfiler(after=warmup, steps=profile))
     trainer.train()
     s = shapes(sm.model.config)
     pairs = [(len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])) for f in feats]
@@ -248,6 +282,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--cases", type=int, default=60, help="test cases to generate for and rank")
     parser.add_argument("--batch-size", type=int, default=64, help="generation batch (the demo's eval.batch_size)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N training steps (torch.profiler; table on stderr; times then include its overhead)")
+    parser.add_argument("--training-only", action="store_true", help="skip generation and ranking")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -256,8 +293,8 @@ def main() -> None:
 
     dtypes = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if native_bf16(device) else {})
     run_dir = demo_run_dir(args.run_dir)
-    train, (step_flops, cache_flops) = measure_training(run_dir, args.steps, args.warmup)
-    gen = measure_generation(run_dir, args.cases, args.batch_size)
+    train, (step_flops, cache_flops) = measure_training(run_dir, args.steps, args.warmup, args.profile)
+    gen = {} if args.training_only else measure_generation(run_dir, args.cases, args.batch_size)
 
     h, i, vocab = 576, 1536, 49152  # SmolLM2-135M: the shapes the workloads run
     rates = {name: {"train": {"layer": matmul_rate(1024, h, i, dt, device), "vocab": matmul_rate(1024, h, vocab, dt, device)},
@@ -281,8 +318,8 @@ def main() -> None:
         "cache_build": {"seconds": round(train["cache_build_s"], 1),
                         **fraction(cache_flops, train["cache_build_s"], train["dtype"], "train")},
     }
-    fp32 = gen["fp32"]
-    for name in ("fp32", "auto"):
+    fp32 = gen.get("fp32")
+    for name in ("fp32", "auto") if gen else ():
         if name not in gen:
             continue
         g = gen[name]
@@ -291,9 +328,10 @@ def main() -> None:
             "tokens_per_s": round(g["tokens_per_s"], 1),
             "identical_to_fp32": sum(a == b for a, b in zip(g["answers"], fp32["answers"])),
             "cases": len(g["answers"]), **fraction(g["flops"], g["seconds"], short[g["dtype"]], "decode")}
-    rk = gen["ranking"]
-    report["ranking"] = {"dtype": rk["dtype"], "seconds": round(rk["seconds"], 1), "prompts": rk["prompts"],
-                         **fraction(rk["flops"], rk["seconds"], short[rk["dtype"]], "train")}
+    if gen:
+        rk = gen["ranking"]
+        report["ranking"] = {"dtype": rk["dtype"], "seconds": round(rk["seconds"], 1), "prompts": rk["prompts"],
+                             **fraction(rk["flops"], rk["seconds"], short[rk["dtype"]], "train")}
     if args.json:
         print(json.dumps(report))
     else:
