@@ -83,3 +83,35 @@ def test_face_reader_recovers_each_findings_effect_and_scores_the_disease_that_s
     log_probs = disease_log_probs(faces, diseases, bias, noise + 0.01 * torch.eye(3, dtype=torch.float64), k=2)
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, dtype=torch.float64))
     assert log_probs.argmax(-1).tolist() == [0, 1, 2]
+
+
+def test_efficiency_counts_the_weights_and_visible_positions_a_real_layer_has():
+    """The analytic FLOP count of benchmarks/efficiency.py: a decoder layer's projection weights and
+    LoRA weights as transformers and peft build them, causal visible lengths by enumeration."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from efficiency import causal_context, layer_flops, lora_params, shapes, training_step_flops
+
+    config = LlamaConfig(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
+                         num_key_value_heads=2, vocab_size=97)
+    model = LlamaForCausalLM(config)
+    s = shapes(config)
+    layer = model.model.layers[0]
+    weights = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
+    assert layer_flops(s, tokens=5, context=0)["linear"] == 2 * weights * 5
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    adapted = sum(p.numel() for n, p in peft_model.named_parameters() if "layers.0." in n and "lora_" in n)
+    assert lora_params(s, r=4) == adapted
+    for n, offset in ((1, 0), (4, 0), (3, 7)):
+        assert causal_context(n, offset) == sum(offset + i + 1 for i in range(n))
+    # One pair, every layer adapted: 2x forward for frozen products, 3x for LoRA and attention,
+    # the vocabulary forward and input gradient on the 2 + 3 answer tokens.
+    p, c, r = 4, 2, 3
+    step = training_step_flops(s, [(p, c, r)], top=2, r=4)
+    context = causal_context(p) + causal_context(c, p) + causal_context(r, p)
+    assert step["linear"] == 2 * 2 * (2 * weights * (p + c + r))
+    assert step["attention"] == 2 * 3 * 4 * s["q"] * context
+    assert step["lora"] == 2 * 3 * 2 * adapted * (p + c + r)
+    assert step["vocab"] == 2 * 2 * s["h"] * s["vocab"] * (c + r)
