@@ -131,35 +131,16 @@ def demo_run_dir(path: str | None) -> Path:
     return run_dir
 
 
-def _step_profiler_class():
-    from transformers import TrainerCallback
-
-    class StepProfiler(TrainerCallback):
-        """torch.profiler over ``steps`` training steps after ``after``; prints the top ops by self CPU time."""
-
-        def __init__(self, *, after: int, steps: int, top: int = 18):
-            self.after, self.steps, self.top, self.prof = after, steps, top, None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == self.after and self.prof is None:
-                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
-                self.prof.__enter__()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.prof is not None and state.global_step == self.after + self.steps:
-                self.prof.__exit__(None, None, None)
-                table = self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=self.top)
-                print(f"profile of {self.steps} training step(s), self CPU time:\n{table}", file=sys.stderr)
-                by_shape = self.prof.key_averages(group_by_input_shape=True)
-                products = [e for e in by_shape if e.key in ("aten::mm", "aten::bmm")]
-                products.sort(key=lambda e: -e.self_cpu_time_total)
-                total = sum(e.self_cpu_time_total for e in by_shape if e.key in ("aten::mm", "aten::bmm"))
-                print("matrix products by input shape (share of their self CPU time):", file=sys.stderr)
-                for e in products[:self.top]:
-                    print(f"  {e.key:10s} {e.self_cpu_time_total / total:6.1%} {e.count:5d} calls  {e.input_shapes}",
-                          file=sys.stderr)
-
-    return StepProfiler
+def print_profile(prof: torch.profiler.profile, steps: int, top: int = 18) -> None:
+    """The profiled steps' top ops by self CPU time, then the matrix products by input shape (stderr)."""
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    print(f"profile of {steps} training step(s), self CPU time:\n{table}", file=sys.stderr)
+    products = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::bmm")]
+    products.sort(key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in products)
+    print("matrix products by input shape (share of their self CPU time):", file=sys.stderr)
+    for e in products[:top]:
+        print(f"  {e.key:10s} {e.self_cpu_time_total / total:6.1%} {e.count:5d} calls  {e.input_shapes}", file=sys.stderr)
 
 
 # -- workloads --------------------------------------------------------------------------------
@@ -177,7 +158,6 @@ def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0) -
     from mint_llama.student import LlamaTextStudent
     from mint_orpo import OrpoConfig
 
-    StepProfiler = _step_profiler_class()
     ctx = RunContext(run_dir=Path(tempfile.mkdtemp(prefix="mint-eff-ctx-")))
     student_cfg = LlamaTextConfig(lora_layers=8)
     sm = LlamaTextStudent(student_cfg).load(ctx=ctx, trainable=True)
@@ -197,9 +177,23 @@ def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0) -
         def on_step_end(self, *args, **kwargs):
             times.append(time.perf_counter() - self.t)
 
+    class Profile(TrainerCallback):
+        """torch.profiler over ``profile`` steps after the warm-up ones."""
+        prof = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == warmup and self.prof is None:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is not None and state.global_step == warmup + profile:
+                self.prof.__exit__(None, None, None)
+                print_profile(self.prof, profile)
+
     trainer.add_callback(Clock())
     if profile:
-        trainer.add_callback(StepProfiler(after=warmup, steps=profile))
+        trainer.add_callback(Profile())
     trainer.train()
     s = shapes(sm.model.config)
     pairs = [(len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])) for f in feats]
@@ -319,7 +313,7 @@ def main() -> None:
                         **fraction(cache_flops, train["cache_build_s"], train["dtype"], "train")},
     }
     fp32 = gen.get("fp32")
-    for name in ("fp32", "auto") if gen else ():
+    for name in ("fp32", "auto"):
         if name not in gen:
             continue
         g = gen[name]
