@@ -144,7 +144,8 @@ def print_profile(prof: torch.profiler.profile, steps: int, top: int = 18) -> No
 
 
 # -- workloads --------------------------------------------------------------------------------
-def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0) -> tuple[dict, object]:
+def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0,
+                     compile_layers: bool = False) -> tuple[dict, object]:
     from transformers import TrainerCallback
 
     from mint_core import io
@@ -162,7 +163,8 @@ def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0) -
     student_cfg = LlamaTextConfig(lora_layers=8)
     sm = LlamaTextStudent(student_cfg).load(ctx=ctx, trainable=True)
     examples = io.read_jsonl(run_dir / "preferences.jsonl", parse=PreferenceExample.from_dict)
-    cfg = OrpoConfig(epochs=4, learning_rate=1e-3, batch_size=4, max_steps=warmup + steps, save_steps=10 ** 6)
+    cfg = OrpoConfig(epochs=4, learning_rate=1e-3, batch_size=4, max_steps=warmup + steps, save_steps=10 ** 6,
+                     compile=str(compile_layers).lower())
     feats = encode_pairs(sm, examples, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     out_dir = Path(tempfile.mkdtemp(prefix="mint-eff-train-"))
     start = time.perf_counter()
@@ -207,7 +209,8 @@ def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0) -
         cache = {k: cache[k] + depth * f[k] for k in cache}
     step_s = statistics.median(times[warmup:])
     bf16 = use_bf16(cfg.bf16)
-    return {"dtype": "bf16" if bf16 else "fp32", "steps_timed": len(times[warmup:]), "seconds_per_step": step_s,
+    return {"dtype": "bf16" if bf16 else "fp32", "compiled": compile_layers, "first_step_s": times[0],
+            "steps_timed": len(times[warmup:]), "seconds_per_step": step_s,
             "gflop_per_step": sum(per_step.values()) / 1e9,
             "gflop_per_step_parts": {k: round(v / 1e9, 1) for k, v in per_step.items()},
             "cache_build_s": build_s, "cache_gflop": sum(cache.values()) / 1e9,
@@ -279,6 +282,8 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N training steps (torch.profiler; table on stderr; times then include its overhead)")
     parser.add_argument("--training-only", action="store_true", help="skip generation and ranking")
+    parser.add_argument("--compile", action="store_true",
+                        help="train with optimizer.compile=true (the first step, compiling, is in first_step_s)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -287,7 +292,7 @@ def main() -> None:
 
     dtypes = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if native_bf16(device) else {})
     run_dir = demo_run_dir(args.run_dir)
-    train, (step_flops, cache_flops) = measure_training(run_dir, args.steps, args.warmup, args.profile)
+    train, (step_flops, cache_flops) = measure_training(run_dir, args.steps, args.warmup, args.profile, args.compile)
     gen = {} if args.training_only else measure_generation(run_dir, args.cases, args.batch_size)
 
     h, i, vocab = 576, 1536, 49152  # SmolLM2-135M: the shapes the workloads run

@@ -29,7 +29,8 @@ builds the states of its own pairs only (:mod:`mint_engine.sharding`): 1/N of th
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -105,7 +106,8 @@ class FrozenBottomCache:
         device = decoder.embed_tokens.weight.device
         rows = _shared_prompt_rows(self.features, row_tokens=row_tokens, indices=indices)
         mixed = torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
-        with torch.no_grad(), mixed, decoder_slice(decoder, 0, self.depth, final_norm=False):
+        with torch.no_grad(), mixed, decoder_slice(decoder, 0, self.depth, final_norm=False), \
+                _forward_only_attention(_unwrapped(model), self.mask_kind) as mask_kind:
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start:start + batch_size]
                 length = max(len(row["ids"]) for row in chunk)
@@ -115,7 +117,7 @@ class FrozenBottomCache:
                 for r, row in enumerate(chunk):
                     n = len(row["ids"])
                     ids[r, :n], seg[r, :n], pos[r, :n] = (torch.tensor(row[k]) for k in ("ids", "seg", "pos"))
-                mask = build_pair_mask(seg.to(device), kind=self.mask_kind,
+                mask = build_pair_mask(seg.to(device), kind=mask_kind,
                                        dtype=torch.float32 if self.autocast else decoder.embed_tokens.weight.dtype)
                 hidden = decoder(input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device),
                                  use_cache=False).last_hidden_state.float()
@@ -148,6 +150,28 @@ class FrozenBottomCache:
         kwargs["inputs_embeds"] = self.batch_states(segment_ids, feature_index, dtype)
         with decoder_slice(decoder_of(_unwrapped(model)), self.depth, None):
             return model(**kwargs)
+
+
+@contextmanager
+def _forward_only_attention(model: Any, mask_kind: str) -> Iterator[str]:
+    """sdpa instead of eager for the no-grad bottom; yields the mask kind to build.
+
+    MINT trains with eager attention on CPU because sdpa's masked CPU kernel is slower *with its
+    backward*; without gradients it is the faster one (the demo's cache: 56-58 s eager, 44-46 s sdpa).
+    Both compute the same attention: states agree to fp32 rounding (tests/test_frozen_cache.py), and
+    under bf16 autocast they differ by bf16 rounding, as any change of kernel or batch shape does.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(inner, "config", None)
+    if mask_kind != "additive" or getattr(config, "_attn_implementation", None) != "eager" \
+            or not hasattr(inner, "set_attn_implementation"):
+        yield mask_kind
+        return
+    inner.set_attn_implementation("sdpa")
+    try:
+        yield "bool"
+    finally:
+        inner.set_attn_implementation("eager")
 
 
 def _unwrapped(model: Any) -> Any:

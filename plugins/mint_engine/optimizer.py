@@ -173,7 +173,7 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
     import torch
     from transformers import TrainingArguments
 
-    from mint_engine.compute import choose_attention, freeze_in
+    from mint_engine.compute import choose_attention, compile_layers, freeze_in, use_compile
     from mint_engine.frozen_cache import build_for_training, cache_plan
     from mint_engine.packing import attention_weight
     from mint_engine.sharding import owned
@@ -211,6 +211,10 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
                                           log=ctx.log if ctx is not None else None, indices=mine, autocast=mixed)
     elif ctx is not None and str(getattr(cfg, "cache_frozen", "false")).lower() != "false":
         ctx.log(f"frozen-bottom cache off: {cache_reason}")
+    if use_compile(getattr(cfg, "compile", "false")):  # after the cache: its bottom layers stay eager
+        compiled = compile_layers(model, start=depth)
+        if ctx is not None:
+            ctx.log(f"compile: {compiled} decoder layers (inductor, dynamic shapes); the first step compiles them")
     # Batches say which features they hold: the frozen-bottom cache and the reference cache read it.
     features = [{**f, "feature_index": i} for i, f in enumerate(features)]
     collator_cls = getattr(trainer_cls, "collator_class", PairCollator)  # a trainer may read more per row
