@@ -13,8 +13,8 @@ AVX512-BF16; profile and figures in benchmarks/README.md):
   products are bit for bit what autocast computed (the same rounding of the same weights).
 - **Compiling the layers a step runs** (``compile``, off by default). Inductor fuses the
   elementwise work around the matrix products (norms, rotary, SiLU, residual adds, autocast's
-  casts): the demo's step 1.545 -> 1.41 s, but the first step pays the compilation, ~55 s on a
-  fresh machine (~10 s once inductor's on-disk cache holds the kernels). It pays from a few
+  casts): the demo's step 3-9% shorter on two hosts, but the first step pays the compilation,
+  55-82 s on a fresh machine (10-17 s once inductor's on-disk cache holds the kernels). It pays from a few
   hundred steps on; the demo's 160 do not repay it, so it stays an option (table in
   benchmarks/README.md).
 """
@@ -67,7 +67,7 @@ def compile_layers(model: Any, *, start: int) -> int:
     """
     from mint_core.decoder import decoder_of
 
-    decoder = decoder_of(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    decoder = decoder_of(model)
     if decoder is None:
         raise ValueError("optimizer.compile=true: the student has no decoder layer list to compile")
     layers = list(decoder.layers)[start:]

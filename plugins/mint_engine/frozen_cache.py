@@ -35,7 +35,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from mint_core.decoder import cross_attention_layers, decoder_of, decoder_slice
+from mint_core.decoder import cross_attention_layers, decoder_of, decoder_slice, mask_kind_for
+from mint_engine.compute import choose_attention
 from mint_engine.packing import SEG_PAD, SEG_PROMPT, build_pair_mask
 
 
@@ -161,17 +162,15 @@ def _forward_only_attention(model: Any, mask_kind: str) -> Iterator[str]:
     Both compute the same attention: states agree to fp32 rounding (tests/test_frozen_cache.py), and
     under bf16 autocast they differ by bf16 rounding, as any change of kernel or batch shape does.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(inner, "config", None)
-    if mask_kind != "additive" or getattr(config, "_attn_implementation", None) != "eager" \
-            or not hasattr(inner, "set_attn_implementation"):
+    if mask_kind_for(model) != "additive":  # not eager: keep the model's own kernel
         yield mask_kind
         return
-    inner.set_attn_implementation("sdpa")
+    device = decoder_of(model).embed_tokens.weight.device
+    choose_attention(model, "sdpa", device=device)
     try:
-        yield "bool"
+        yield mask_kind_for(model)
     finally:
-        inner.set_attn_implementation("eager")
+        choose_attention(model, "eager", device=device)
 
 
 def _unwrapped(model: Any) -> Any:

@@ -87,8 +87,8 @@ class PackedOptions(TrainingOptions):
                 "saved outweighs the attention added (estimated); true; false."})
     compile: str = field(default="false", metadata={
         "help": "torch.compile (inductor) the decoder layers each step runs (those above the frozen-bottom cache): "
-                "~9% off a demo step, but the first step compiles (~55 s on a fresh machine, ~10 s with inductor's "
-                "cache warm), so it pays only over a few hundred steps. Needs a C++ compiler on CPU. true, false."})
+                "3-9% off a demo step, but the first step compiles (55-82 s on a fresh machine, 10-17 s with "
+                "inductor's cache warm), so it pays only over a few hundred steps. Needs a C++ compiler on CPU. true, false."})
     attention: str = field(default="auto", metadata={
         "help": "Attention kernel while training: auto (eager on CPU, measured faster than sdpa's masked kernel on "
                 "packed rows; the model's own elsewhere), sdpa, eager, flash_attention_2, flex_attention."})
