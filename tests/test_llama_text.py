@@ -99,6 +99,34 @@ def test_generate_batch_matches_single(model):
     assert batched == singles
 
 
+@pytest.mark.parametrize("limit", [0, 1000])  # 0: the reserve is short and must grow mid-answer
+def test_reserved_cache_gives_the_dynamic_cache_answers(model, monkeypatch, limit):
+    from transformers import DynamicCache
+
+    import mint_llama.student as student_module
+    from mint_llama.kv_cache import ReservedCache
+
+    used: list[ReservedCache] = []
+
+    def reserve(*, capacity: int) -> ReservedCache:
+        used.append(ReservedCache(capacity=min(capacity, limit)))
+        return used[-1]
+
+    monkeypatch.setattr(student_module, "ReservedCache", reserve)
+    reserved = model.generate(prompts=PROMPTS, max_new_tokens=12, batch_size=3)
+    assert used and all(c.get_seq_length() > 0 for c in used)  # generate wrote into the cache it was given
+    monkeypatch.setattr(student_module, "ReservedCache", lambda capacity: DynamicCache())
+    dynamic = model.generate(prompts=PROMPTS, max_new_tokens=12, batch_size=3)
+    assert reserved == dynamic and any(reserved)
+    # The layer itself: the same keys/values as concatenation, whatever the reserve.
+    cache, plain = ReservedCache(capacity=limit), DynamicCache()
+    for width in (5, 1, 1, 3):
+        k, v = torch.randn(2, 3, width, 4), torch.randn(2, 3, width, 4)
+        got, want = cache.update(k, v, 0), plain.update(k, v, 0)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert cache.get_seq_length() == plain.get_seq_length() == 10
+
+
 def test_cached_score_matches_naive(model):
     cached = model.score(prompts=PROMPTS, candidates=CANDIDATES, batch_size=3)
     naive = model.score_naive(prompts=PROMPTS, candidates=CANDIDATES, batch_size=2)
