@@ -1,8 +1,9 @@
 """Two processes (``torchrun --nproc_per_node 2``, gloo on CPU) against one, on a tiny real Llama.
 
 - Training: two processes at batch b train what one process trains at batch 2b (data in file order,
-  fp32): the same loss at every step and the same adapter to 1e-5, for MINT's packed ORPO, DPO, KTO
-  and SFT (with the frozen-bottom cache) and TRL's DPOTrainer; ``metrics.jsonl`` has each step once.
+  fp32): the same loss at every step (to 1e-5) and the same adapter (to 1e-4), for MINT's packed
+  ORPO, DPO, KTO and SFT (with the frozen-bottom cache) and TRL's DPOTrainer; ``metrics.jsonl`` has
+  each step once.
 - ``mint run`` end to end: the run directory matches a one-process run's file for file wherever the
   content is deterministic (the differences are named below).
 - ``mint eval`` on two processes gives the same ``metrics.json`` and predictions as one.
@@ -64,7 +65,10 @@ def _assert_same_adapter(one: Path, two: Path) -> None:
     assert first.keys() == second.keys()
     for key in first:
         gap = (first[key] - second[key]).abs().max().item()
-        assert gap <= 1e-5, f"{one.parent.name}: {key} differs by {gap:.2e} between one and two processes"
+        # 1e-4: AdamW's m / sqrt(v) turns fp32 summation-order noise in near-zero gradient entries into
+        # visible weight differences (1.69e-5 after 4 steps on an AVX2 host; under 1e-5 on AVX-512). A rank
+        # that trained on other data or skipped the all-reduce moves entries by ~lr = 1e-3 a step.
+        assert gap <= 1e-4, f"{one.parent.name}: {key} differs by {gap:.2e} between one and two processes"
 
 
 def test_two_processes_train_what_one_process_trains(student, tmp_path):
@@ -103,7 +107,7 @@ DIFFERENT = {
     "students/orpo/metrics.jsonl": "train_runtime and the last digits of fp32 sums in another order",
     "students/orpo/fingerprint.json": "the batch size",
     "students/orpo/training_curve.png": "the last digits of the curve",
-    "students/orpo/adapter/adapter_model.safetensors": "the same adapter to 1e-5, not bit for bit",
+    "students/orpo/adapter/adapter_model.safetensors": "the same adapter to 1e-4, not bit for bit",
     "students/orpo/adapter/adapter_config.json": "peft writes target_modules from a set (order by hash seed)",
     "predictions/orpo.jsonl": "label scores of that adapter (same answers, same outcomes)",
     "predictions/orpo.calibration.json": "the same",

@@ -229,9 +229,11 @@ def _assert_same_gradients(mint: dict, trl: dict) -> None:
     assert mint["grads"].keys() == trl["grads"].keys() and len(trl["grads"]) > 0
     # Per tensor, the difference relative to the gradient's size (a 1% error in size is 1e-2 here);
     # element-wise 1e-5 would fail on fp32 rounding alone (packed and padded rows sum in other orders).
+    # 5e-5: Mllama's cross-attention gradients reach 1.51e-5 on an AVX2 host (AVX2 and AVX-512 GEMM
+    # kernels sum in other orders); a wrong mask or a token counted twice moves a gradient by far more.
     errors = {name: ((mint["grads"][name] - grad).norm() / grad.norm()).item() for name, grad in trl["grads"].items()}
     worst = max(errors, key=errors.get)
-    assert errors[worst] < 1e-5, (worst, errors[worst])
+    assert errors[worst] < 5e-5, (worst, errors[worst])
 
 
 def test_packed_dpo_loss_and_gradients_match_trl_off_the_reference(text_env, monkeypatch):
