@@ -8,9 +8,10 @@ answers are identical (tested in ``tests/test_llama_text.py``). Unlike ``StaticC
 only over the positions filled so far (a static cache attends over its full length from the first
 step, which was slower here).
 
-Measured on the demo's 60 answers (ORPO student, batch 64, alternating runs, benchmarks/README.md):
-fp32 on a 2-core AVX2 CPU 71.6 / 79.4 s -> 62.2 / 66.0 s; fp32 on AVX512-BF16 56.1 -> 52.3 / 49.1 s;
-in bf16 no difference measured (30.9-36.1 s either way, within that host's run-to-run spread).
+Measured on the demo's 60 answers (batch 64, alternating runs, benchmarks/README.md): ORPO student,
+fp32, 2-core AVX2 CPU 71.6 / 79.4 s -> 62.2-66.2 s (4 runs); fp32 on AVX512-BF16 56.1 -> 52.3 / 49.1
+s; in bf16, and for the base student's longer answers on AVX2, no difference beyond the hosts'
+run-to-run spread.
 """
 
 from __future__ import annotations
