@@ -21,8 +21,12 @@ from typing import Any
 
 import torch
 
-#: Tokens per chunk: ~25 MB of fp32 logits for a 49k vocabulary.
-CHUNK = 128
+#: Tokens per chunk: ~50 MB of fp32 logits for a 49k vocabulary. The size only sets the products'
+#: shapes: a row's log-probability does not depend on it; its gradient did not either at the demo's
+#: shapes (bf16 and fp32), though the BLAS may pick another kernel for another row count (1e-7,
+#: tested). 1,067 tokens forward and backward on an AVX512-BF16 host, alternating (benchmarks/
+#: README.md, 2026-12-06): bf16 0.521 s at 128, 0.469 at 256, 0.493 at 512; fp32 1.154 / 1.085 / 1.021.
+CHUNK = 256
 
 
 class _TokenLogProbs(torch.autograd.Function):
@@ -32,7 +36,7 @@ class _TokenLogProbs(torch.autograd.Function):
         n, size = hidden.shape[0], min(CHUNK, hidden.shape[0])
         out = hidden.new_empty(n, dtype=torch.float32)
         jacobian = hidden.new_empty(hidden.shape, dtype=torch.float32) if need_grad else None
-        # One set of chunk buffers, reused: a fresh 25 MB tensor per chunk costs its page faults,
+        # One set of chunk buffers, reused: a fresh 50 MB tensor per chunk costs its page faults,
         # which on two cores took longer than the arithmetic.
         raw = hidden.new_empty(size, weight.shape[0])
         logits = raw if raw.dtype == torch.float32 else hidden.new_empty(size, weight.shape[0], dtype=torch.float32)
