@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 #: Tokens per chunk: ~50 MB of fp32 logits for a 49k vocabulary. The size only sets the products'
-#: shapes: a row's log-probability does not depend on it; its gradient did not either at the demo's
+#: shapes: each row's softmax is its own, so values and gradients are bit-identical at the demo's
 #: shapes (bf16 and fp32), though the BLAS may pick another kernel for another row count (1e-7,
 #: tested). 1,067 tokens forward and backward on an AVX512-BF16 host, alternating (benchmarks/
 #: README.md, 2026-12-06): bf16 0.521 s at 128, 0.469 at 256, 0.493 at 512; fp32 1.154 / 1.085 / 1.021.
