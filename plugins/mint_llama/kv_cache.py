@@ -9,9 +9,9 @@ only over the positions filled so far (a static cache attends over its full leng
 step, which was slower here).
 
 Measured on the demo's 60 answers (batch 64, alternating runs, benchmarks/README.md): ORPO student,
-fp32, 2-core AVX2 CPU 71.6 / 79.4 s -> 62.2-66.2 s (4 runs); fp32 on AVX512-BF16 56.1 -> 52.3 / 49.1
-s; in bf16, and for the base student's longer answers on AVX2, no difference beyond the hosts'
-run-to-run spread.
+fp32, 2-core AVX2 CPU 71.6 / 79.4 s -> 62.2-66.2 s (4 runs). On AVX512-BF16 hosts no difference
+beyond the run-to-run spread, fp32 (DynamicCache 59.0 / 65.7 s, reserved 60.8 / 62.2) nor bf16; nor
+for the base student's longer answers on AVX2. Kept for the AVX2 gain; it costs nothing elsewhere.
 """
 
 from __future__ import annotations
