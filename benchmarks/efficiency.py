@@ -70,13 +70,15 @@ def causal_context(n: int, offset: int = 0) -> int:
     return n * offset + n * (n + 1) // 2
 
 
-def training_step_flops(s: dict[str, int], pairs: list[tuple[int, int, int]], *, top: int, r: int) -> dict[str, float]:
+def training_step_flops(s: dict[str, int], pairs: list[tuple[int, int, int]], *, top: int, r: int,
+                        nll_on_prompt: bool = True) -> dict[str, float]:
     """One packed ORPO step over ``pairs`` (prompt, chosen, rejected token counts), the bottom
     ``layers - top`` layers read from the frozen-bottom cache.
 
     Top layers: frozen projections forward + input gradient (2x forward), LoRA forward + input and
     weight gradients (3x), attention forward + backward (3x). Vocabulary: forward + input gradient
-    on answer tokens (the head is frozen and the NLL is on answers only).
+    (the head is frozen) on every scored token: the answers', and with ``nll_on_prompt`` (ORPO's
+    default, as TRL) the prompt's too, all but its first token (its NLL term reads them).
     """
     out = {"linear": 0.0, "attention": 0.0, "lora": 0.0, "vocab": 0.0}
     for p, c, rj in pairs:
@@ -86,7 +88,7 @@ def training_step_flops(s: dict[str, int], pairs: list[tuple[int, int, int]], *,
         out["linear"] += top * 2 * f["linear"]
         out["attention"] += top * 3 * f["attention"]
         out["lora"] += top * 3 * 2 * lora_params(s, r) * tokens
-        out["vocab"] += 2 * 2 * s["h"] * s["vocab"] * (c + rj)
+        out["vocab"] += 2 * 2 * s["h"] * s["vocab"] * (c + rj + (p - 1 if nll_on_prompt else 0))
     return out
 
 
@@ -157,7 +159,7 @@ def print_profile(prof: torch.profiler.profile, steps: int, top: int = 18) -> No
 
 # -- workloads --------------------------------------------------------------------------------
 def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0,
-                     compile_layers: bool = False) -> tuple[dict, object]:
+                     compile_layers: bool = False, attention: str = "auto") -> tuple[dict, object]:
     from transformers import TrainerCallback
 
     from mint_core import io
@@ -176,7 +178,7 @@ def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0,
     sm = LlamaTextStudent(student_cfg).load(ctx=ctx, trainable=True)
     examples = io.read_jsonl(run_dir / "preferences.jsonl", parse=PreferenceExample.from_dict)
     cfg = OrpoConfig(epochs=4, learning_rate=1e-3, batch_size=4, max_steps=warmup + steps, save_steps=10 ** 6,
-                     compile=str(compile_layers).lower())
+                     compile=str(compile_layers).lower(), attention=attention)
     feats = encode_pairs(sm, examples, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     out_dir = Path(tempfile.mkdtemp(prefix="mint-eff-train-"))
     start = time.perf_counter()
@@ -212,7 +214,7 @@ def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0,
     s = shapes(sm.model.config)
     pairs = [(len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])) for f in feats]
     top = student_cfg.lora_layers or s["layers"]
-    per_pair = training_step_flops(s, pairs, top=top, r=student_cfg.lora_r)
+    per_pair = training_step_flops(s, pairs, top=top, r=student_cfg.lora_r, nll_on_prompt=cfg.nll_on_prompt)
     per_step = {k: v / len(pairs) * cfg.batch_size for k, v in per_pair.items()}
     depth = s["layers"] - top
     cache = {"linear": 0.0, "attention": 0.0}
@@ -221,7 +223,8 @@ def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0,
         cache = {k: cache[k] + depth * f[k] for k in cache}
     step_s = statistics.median(times[warmup:])
     bf16 = use_bf16(cfg.bf16)
-    return {"dtype": "bf16" if bf16 else "fp32", "compiled": compile_layers, "first_step_s": times[0],
+    return {"dtype": "bf16" if bf16 else "fp32", "compiled": compile_layers,
+            "attention": sm.model.config._attn_implementation, "first_step_s": times[0],
             "steps_timed": len(times[warmup:]), "seconds_per_step": step_s,
             "gflop_per_step": sum(per_step.values()) / 1e9,
             "gflop_per_step_parts": {k: round(v / 1e9, 1) for k, v in per_step.items()},
@@ -296,6 +299,8 @@ def main() -> None:
     parser.add_argument("--training-only", action="store_true", help="skip generation and ranking")
     parser.add_argument("--compile", action="store_true",
                         help="train with optimizer.compile=true (the first step, compiling, is in first_step_s)")
+    parser.add_argument("--attention", default="auto",
+                        help="optimizer.attention while training (auto: MINT's segment kernel on CPU; eager to compare)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -304,7 +309,8 @@ def main() -> None:
 
     dtypes = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if native_bf16(device) else {})
     run_dir = demo_run_dir(args.run_dir)
-    train, (step_flops, cache_flops) = measure_training(run_dir, args.steps, args.warmup, args.profile, args.compile)
+    train, (step_flops, cache_flops) = measure_training(run_dir, args.steps, args.warmup, args.profile, args.compile,
+                                                       args.attention)
     gen = {} if args.training_only else measure_generation(run_dir, args.cases, args.batch_size)
 
     h, i, vocab = 576, 1536, 49152  # SmolLM2-135M: the shapes the workloads run

@@ -88,8 +88,20 @@ def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype 
     raise ValueError(f"mask kind {kind!r}: use 'bool' or 'additive'")
 
 
+#: The 4D mask form each attention implementation takes; plugins add their own kernels.
+_MASK_KINDS: dict[str, str] = {"sdpa": "bool", "eager": "additive"}
+
+
+def register_mask_kind(implementation: str, kind: str) -> None:
+    """Declare that the attention ``implementation`` (a name registered with transformers) takes ``kind``
+    masks (``bool`` or ``additive``), so packed layouts build them for it."""
+    if kind not in {"bool", "additive"}:
+        raise ValueError(f"mask kind {kind!r}: use 'bool' or 'additive'")
+    _MASK_KINDS[implementation] = kind
+
+
 def mask_kind_for(model: Any) -> str | None:
     """The 4D mask form this model's attention takes (``bool`` sdpa, ``additive`` eager), or ``None`` if none."""
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None) if config is not None else None
-    return {"sdpa": "bool", "eager": "additive"}.get(impl or "")
+    return _MASK_KINDS.get(impl or "")

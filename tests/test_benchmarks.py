@@ -107,11 +107,17 @@ def test_efficiency_counts_the_weights_and_visible_positions_a_real_layer_has():
     for n, offset in ((1, 0), (4, 0), (3, 7)):
         assert causal_context(n, offset) == sum(offset + i + 1 for i in range(n))
     # One pair, every layer adapted: 2x forward for frozen products, 3x for LoRA and attention,
-    # the vocabulary forward and input gradient on the 2 + 3 answer tokens.
+    # the vocabulary forward and input gradient on every token the packed batch scores.
+    from mint_engine.packing import collate_packed
+
     p, c, r = 4, 2, 3
-    step = training_step_flops(s, [(p, c, r)], top=2, r=4)
+    pair = {"prompt_ids": [5] * p, "chosen_ids": [6] * c, "rejected_ids": [7] * r}
     context = causal_context(p) + causal_context(c, p) + causal_context(r, p)
-    assert step["linear"] == 2 * 2 * (2 * weights * (p + c + r))
-    assert step["attention"] == 2 * 3 * 4 * s["q"] * context
-    assert step["lora"] == 2 * 3 * 2 * adapted * (p + c + r)
-    assert step["vocab"] == 2 * 2 * s["h"] * s["vocab"] * (c + r)
+    for nll_on_prompt in (True, False):
+        step = training_step_flops(s, [(p, c, r)], top=2, r=4, nll_on_prompt=nll_on_prompt)
+        assert step["linear"] == 2 * 2 * (2 * weights * (p + c + r))
+        assert step["attention"] == 2 * 3 * 4 * s["q"] * context
+        assert step["lora"] == 2 * 3 * 2 * adapted * (p + c + r)
+        scored = len(collate_packed([pair], pad_id=0, nll_on_prompt=nll_on_prompt)["g_tok"])
+        assert scored == (p - 1 + c + r if nll_on_prompt else c + r)
+        assert step["vocab"] == 2 * 2 * s["h"] * s["vocab"] * scored

@@ -80,19 +80,21 @@ def loaded(tiny_dir, tmp_path_factory):
     return sm, features
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "mint_segments"])
 @pytest.mark.parametrize("nll_on_prompt", [True, False])
 def test_packed_matches_two_sequence(loaded, attn, nll_on_prompt):
-    from mint_engine.orpo import orpo_loss
     from mint_core.decoder import mask_kind_for
+    from mint_engine import segment_attention
+    from mint_engine.orpo import orpo_loss
     from mint_engine.packing import collate_packed, collate_two_sequence, forward_pairs
 
     sm, features = loaded
     model = sm.model
+    segment_attention.register()
     model.base_model.model.config._attn_implementation = attn  # sdpa and eager take different mask forms
     try:
         kind = mask_kind_for(model)
-        assert kind == {"sdpa": "bool", "eager": "additive"}[attn]
+        assert kind == {"sdpa": "bool", "eager": "additive", "mint_segments": "additive"}[attn]
         batch = features[:4]  # unequal prompt and answer lengths: padding in every block
         assert len({len(f["prompt_ids"]) for f in batch}) > 1 and len({len(f["chosen_ids"]) for f in batch}) > 1
         results = {}

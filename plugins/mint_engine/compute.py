@@ -25,21 +25,43 @@ from typing import Any
 
 import torch
 
-ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
+ATTENTION = ("auto", "segments", "sdpa", "eager", "flash_attention_2", "flex_attention")
 
 
-def choose_attention(model: Any, option: str, *, device: torch.device) -> str:
-    """Set the training attention kernel for the ``attention`` option; returns the one in use."""
+def choose_attention(model: Any, option: str, *, device: torch.device, compiled: bool = False) -> str:
+    """Set the training attention kernel for the ``attention`` option; returns the one in use.
+
+    ``segments`` is MINT's eager attention over packed rows' blocks (:mod:`mint_engine.segment_attention`);
+    ``auto`` picks it on CPU for the architectures it reproduces, unless the layers are ``compiled``
+    (its per-batch block bounds would be new constants to the compiler every batch), and eager there
+    otherwise.
+    """
+    from mint_engine import segment_attention
+
     text = str(option).strip().lower()
     if text not in ATTENTION:
         raise ValueError(f"optimizer.attention={option!r}: use one of {', '.join(ATTENTION)}")
     config = getattr(model, "config", None)
     current = str(getattr(config, "_attn_implementation", "") or "")
-    wanted = ("eager" if device.type == "cpu" and current == "sdpa" else current) if text == "auto" else text
+    fits = segment_attention.supports(model) and not compiled
+    if text == "segments" and not fits:
+        problem = "optimizer.compile=true" if compiled else f"a '{getattr(config, 'model_type', '?')}' model"
+        raise ValueError(f"optimizer.attention=segments is not possible with {problem}; use attention=auto or eager")
+    if text == "auto":
+        wanted = ("segments" if fits else "eager") if device.type == "cpu" and current == "sdpa" else current
+    else:
+        wanted = text
+    if wanted == "segments":
+        wanted = segment_attention.register()
     if wanted and wanted != current:
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        inner.set_attn_implementation(wanted)
+        set_attention(model, wanted)
     return str(getattr(config, "_attn_implementation", wanted))
+
+
+def set_attention(model: Any, implementation: str) -> None:
+    """Switch ``model`` (or the model inside its peft wrapper) to the attention ``implementation``."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.set_attn_implementation(implementation)
 
 
 def freeze_in(model: Any, dtype: torch.dtype) -> int:

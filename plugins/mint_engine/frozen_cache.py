@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from mint_core.decoder import cross_attention_layers, decoder_of, decoder_slice, mask_kind_for
-from mint_engine.compute import choose_attention
+from mint_engine.compute import choose_attention, set_attention
 from mint_engine.packing import SEG_PAD, SEG_PROMPT, build_pair_mask
 
 
@@ -162,15 +162,16 @@ def _forward_only_attention(model: Any, mask_kind: str) -> Iterator[str]:
     Both compute the same attention: states agree to fp32 rounding (tests/test_frozen_cache.py), and
     under bf16 autocast they differ by bf16 rounding, as any change of kernel or batch shape does.
     """
-    if mask_kind_for(model) != "additive":  # not eager: keep the model's own kernel
+    if mask_kind_for(model) != "additive":  # not eager (or MINT's segment kernel): keep the model's own
         yield mask_kind
         return
     device = decoder_of(model).embed_tokens.weight.device
+    training_kernel = model.config._attn_implementation
     choose_attention(model, "sdpa", device=device)
     try:
         yield mask_kind_for(model)
     finally:
-        choose_attention(model, "eager", device=device)
+        set_attention(model, training_kernel)
 
 
 def _unwrapped(model: Any) -> Any:

@@ -175,7 +175,7 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
 
     from mint_engine.compute import choose_attention, compile_layers, freeze_in, use_compile
     from mint_engine.frozen_cache import build_for_training, cache_plan
-    from mint_engine.packing import attention_weight
+    from mint_engine.packing import SEGMENT_KERNEL, attention_weight
     from mint_engine.sharding import owned
     from mint_engine.trainer import PairCollator, choose_packing, choose_padding_free
 
@@ -186,7 +186,8 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
         disable_dropout_in_model(model)
     # TrainingArguments first: it joins the process group and places this process on its device.
     args = TrainingArguments(**args_kwargs)
-    attention = choose_attention(model, getattr(cfg, "attention", "auto"), device=args.device)
+    compiled = use_compile(getattr(cfg, "compile", "false"))
+    attention = choose_attention(model, getattr(cfg, "attention", "auto"), device=args.device, compiled=compiled)
     mixed = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
     if mixed is not None:
         freeze_in(model, mixed)
@@ -211,7 +212,7 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
                                           log=ctx.log if ctx is not None else None, indices=mine, autocast=mixed)
     elif ctx is not None and str(getattr(cfg, "cache_frozen", "false")).lower() != "false":
         ctx.log(f"frozen-bottom cache off: {cache_reason}")
-    if use_compile(getattr(cfg, "compile", "false")):  # after the cache: its bottom layers stay eager
+    if compiled:  # after the cache: its bottom layers stay eager
         compiled = compile_layers(model, start=depth)
         if ctx is not None:
             ctx.log(f"compile: {compiled} decoder layers (inductor, dynamic shapes); the first step compiles them")
@@ -220,5 +221,6 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
     collator_cls = getattr(trainer_cls, "collator_class", PairCollator)  # a trainer may read more per row
     return trainer_cls(model=model, args=args, train_dataset=features, frozen_cache=frozen_cache,
                        data_collator=collator_cls(pad_id=int(pad_id), packed=packed, nll_on_prompt=nll_on_prompt,
-                                                 padding_free=padding_free, attention_weight=attention_weight(model)),
+                                                 padding_free=padding_free, attention_weight=attention_weight(model),
+                                                 segments=attention == SEGMENT_KERNEL),
                        callbacks=list(callbacks), beta=cfg.beta, mask_kind=mask_kind, **(trainer_kwargs or {}))

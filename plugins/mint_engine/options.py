@@ -90,8 +90,10 @@ class PackedOptions(TrainingOptions):
                 "3-9% off a demo step, but the first step compiles (55-82 s on a fresh machine, 10-17 s with "
                 "inductor's cache warm), so it pays only over a few hundred steps. Needs a C++ compiler on CPU. true, false."})
     attention: str = field(default="auto", metadata={
-        "help": "Attention kernel while training: auto (eager on CPU, measured faster than sdpa's masked kernel on "
-                "packed rows; the model's own elsewhere), sdpa, eager, flash_attention_2, flex_attention."})
+        "help": "Attention kernel while training: auto (on CPU, MINT's segment kernel for Llama students: eager's "
+                "arithmetic on the packed row's blocks, skipping the block between the two answers; eager for "
+                "other students or with compile=true; the model's own elsewhere), segments, sdpa, eager, "
+                "flash_attention_2, flex_attention."})
 
 
 def resolve_seed(options: TrainingOptions, ctx: RunContext) -> int:

@@ -47,6 +47,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from mint_core.decoder import SEG_PAD, SEG_PROMPT, build_pair_mask
+from mint_engine.segment_attention import NAME as SEGMENT_KERNEL
 
 KIND_PROMPT, KIND_CHOSEN, KIND_REJECTED = 0, 1, 2
 SEG_CHOSEN, SEG_REJECTED = 1, 2  # SEG_PAD = -1 and SEG_PROMPT = 0 live in mint_core.decoder
@@ -127,7 +128,9 @@ def collate_packed(features: Sequence[dict[str, Any]], *, pad_id: int, nll_on_pr
             add(i, p_max - 1 if j == 0 else p_max + c_max + j - 1, rejected[j], KIND_REJECTED)
 
     out: dict[str, Any] = {"input_ids": input_ids, "segment_ids": segment, "position_ids": positions,
-                           "logits_to_keep": torch.tensor(keep, dtype=torch.long)}
+                           "logits_to_keep": torch.tensor(keep, dtype=torch.long),
+                           # Where the prompt block and each answer block end (mint_engine.segment_attention).
+                           "segment_bounds": torch.tensor([p_max, p_max + c_max, length], dtype=torch.long)}
     out.update(_packed_extras(features, p_max, c_max, length))
     out.update(_gather_fields(rows, cols, toks, pairs, kinds))
     out.update(_counts(features, nll_on_prompt))
@@ -285,13 +288,17 @@ def _collate_two_sequence_flat(features: Sequence[dict[str, Any]], seqs: list[li
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "g_weight", "n_chosen", "n_rejected", "n_nll", "segment_ids",
-               "pair_ids", "logits_to_keep", "feature_index")
+               "pair_ids", "logits_to_keep", "feature_index", "segment_bounds")
+
+
+def attention_kernel(model: Any) -> str:
+    """The model's attention implementation (``config._attn_implementation``), "" if it has none."""
+    return str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
 
 
 def varlen_attention(model: Any) -> bool:
     """Whether the model's attention runs packed sequences without a dense mask (flash / flex kernels)."""
-    config = getattr(model, "config", None)
-    impl = str(getattr(config, "_attn_implementation", "") or "")
+    impl = attention_kernel(model)
     return "flash" in impl or impl == "flex_attention"
 
 
@@ -321,21 +328,26 @@ def attention_weight(model: Any) -> float:
     return ATTENTION_SLOWDOWN * (4 * heads * head_dim * layers) / (2 * params)
 
 
-def layout_costs(features: Sequence[dict[str, Any]], *, packed: bool, attention_weight: float) -> dict[str, float]:
+def layout_costs(features: Sequence[dict[str, Any]], *, packed: bool, attention_weight: float,
+                 segments: bool = False) -> dict[str, float]:
     """Estimated cost (token units) of padded rows vs one padding-free row under a dense mask.
 
     ``tokens + attention_weight * (query, key) pairs``: padded rows pay for their padding, the single
-    row pays attention between every pair of its tokens (a dense mask skips nothing).
+    row pays attention between every pair of its tokens (a dense mask skips nothing). ``segments``:
+    the padded packed rows run :mod:`mint_engine.segment_attention`, which skips the block between
+    the two answers.
     """
     if packed:
         lengths = [len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features]
-        row = sum(max(len(f[k]) for f in features) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
-        rows = len(features)
+        p, c, r = (max(len(f[k]) for f in features) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+        row, rows = p + c + r, len(features)
+        pairs = (p + c) ** 2 + r * (p + r) if segments else row * row
     else:
         lengths = [len(f["prompt_ids"]) + len(f[k]) for k in ("chosen_ids", "rejected_ids") for f in features]
         row, rows = max(lengths), len(lengths)
+        pairs = row * row
     total = sum(lengths)
-    return {"padded": rows * row + attention_weight * rows * row * row,
+    return {"padded": rows * row + attention_weight * rows * pairs,
             "padding_free": total + attention_weight * total * total}
 
 
@@ -417,6 +429,8 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
         dtype = _compute_dtype(model)
         kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype,
                                                    pair_ids=batch.get("pair_ids"))
+        if "segment_bounds" in batch and attention_kernel(model) == SEGMENT_KERNEL:
+            kwargs["segment_bounds"] = tuple(int(b) for b in batch["segment_bounds"].tolist())
     weight = fused_projection(model) if fused else None
     keep = batch["logits_to_keep"]
     if weight is not None:  # the model's own forward (wrappers see a normal call), no vocabulary projection

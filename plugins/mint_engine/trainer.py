@@ -40,12 +40,14 @@ class PairCollator:
     nll_on_prompt: bool = True
     padding_free: bool | None = False
     attention_weight: float = 0.0
+    segments: bool = False  # padded rows run mint_engine.segment_attention (cheaper attention than dense)
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         collate = collate_packed if self.packed else collate_two_sequence
         padding_free = self.padding_free
         if padding_free is None:
-            costs = layout_costs(features, packed=self.packed, attention_weight=self.attention_weight)
+            costs = layout_costs(features, packed=self.packed, attention_weight=self.attention_weight,
+                                 segments=self.segments)
             padding_free = costs["padding_free"] < costs["padded"]
         out = collate(features, pad_id=self.pad_id, nll_on_prompt=self.nll_on_prompt, padding_free=padding_free)
         if any("chosen_weights" in f for f in features):  # optimizer.logp_tokens (see mint_engine.roles)
