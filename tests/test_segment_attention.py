@@ -121,3 +121,16 @@ def test_padded_rows_cost_less_with_it():
     p, c, r = 100, 150, 170
     assert blocks["padded"] == pytest.approx(2 * (p + c + r) + 0.01 * 2 * ((p + c) ** 2 + r * (p + r)))
     assert blocks["padded"] < dense["padded"] and blocks["padding_free"] == dense["padding_free"]
+
+
+def test_the_kernel_is_seen_through_a_ddp_wrapper():
+    """forward_pairs passes the block bounds only when it sees the kernel; under torchrun it gets the
+    DDP-wrapped model, whose config lives on ``.module``."""
+    from types import SimpleNamespace
+
+    from mint_engine.packing import attention_kernel
+
+    model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=segment_attention.NAME))
+    wrapper = SimpleNamespace(module=SimpleNamespace(module=model))
+    assert attention_kernel(wrapper) == attention_kernel(model) == segment_attention.NAME
+    assert attention_kernel(SimpleNamespace()) == ""

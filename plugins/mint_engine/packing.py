@@ -292,7 +292,10 @@ GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "g_weight", "n_cho
 
 
 def attention_kernel(model: Any) -> str:
-    """The model's attention implementation (``config._attn_implementation``), "" if it has none."""
+    """The model's attention implementation (``config._attn_implementation``), "" if it has none;
+    ``model`` may be wrapped (DDP, DeepSpeed: ``.module``)."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
     return str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
 
 
