@@ -213,9 +213,9 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
     elif ctx is not None and str(getattr(cfg, "cache_frozen", "false")).lower() != "false":
         ctx.log(f"frozen-bottom cache off: {cache_reason}")
     if compiled:  # after the cache: its bottom layers stay eager
-        compiled = compile_layers(model, start=depth)
+        count = compile_layers(model, start=depth)
         if ctx is not None:
-            ctx.log(f"compile: {compiled} decoder layers (inductor, dynamic shapes); the first step compiles them")
+            ctx.log(f"compile: {count} decoder layers (inductor, dynamic shapes); the first step compiles them")
     # Batches say which features they hold: the frozen-bottom cache and the reference cache read it.
     features = [{**f, "feature_index": i} for i, f in enumerate(features)]
     collator_cls = getattr(trainer_cls, "collator_class", PairCollator)  # a trainer may read more per row

@@ -3,8 +3,9 @@
 A packed row is ``[prompt | answer_1 | answer_2]`` (:mod:`mint_engine.packing`): each answer
 attends to the prompt and to itself, never to the other answer. transformers' eager attention
 computes the scores of the whole ``L x L`` square and lets the mask zero what is not allowed; on
-the demo's batches (prompts ~105 tokens, answers ~135 each) 35% of that square pairs a query with a
-key of the other answer's block. This kernel computes, per row block,
+the demo's batches (prompts ~105 tokens, answers ~135 each) 35% of that square lies where no query
+may look: between the two answers, and from the prompt to the second answer. This kernel computes,
+per row block,
 
 - the prompt and the first answer: the ``[P + C]^2`` square, exactly as eager does on it;
 - every later answer: its queries against the prompt's keys and its own, and nothing else.
@@ -15,11 +16,12 @@ the two agree to the rounding of the softmax's sum and the products' lengths (te
 eager in fp32, values and gradients). Without ``segment_bounds`` (generation, padding-free rows,
 any other caller) it is eager attention over the whole row.
 
-Over the demo's 40 batches the kernel scores 17.1 M (query, key) pairs per layer where eager
-scores 26.5 M (the causal pairs the answers need: 8.2 M; the rest are the blocks' upper triangles
-and padding). The demo's training step, bf16 autocast, 2-core
-AVX512-BF16 host, the same 6 batches alternating with eager in one process, 4 rounds: 1.638 ->
-1.525 s median, faster in every round (benchmarks/README.md, 2026-12-07).
+Over the demo's 40 batches the kernel scores 17.1 M (query, key) pairs per layer and head where
+eager scores 26.5 M (the causal pairs needed: 8.2 M; the rest are the blocks' upper triangles and
+padding). The demo's training step, bf16 autocast, 2-core AVX512-BF16 host, the same 6 batches
+alternating with eager in one process, 8 rounds: 1.654 -> 1.532 s median, faster in every round;
+one layer's attention forward and backward alone 38-45 -> 22-30 ms (benchmarks/README.md,
+2026-12-07).
 
 It is registered with transformers under :data:`NAME` and chosen by ``optimizer.attention=auto``
 on CPU for Llama-architecture students (:func:`mint_engine.compute.choose_attention`); other
