@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from mint_engine import segment_attention
+
 ATTENTION = ("auto", "segments", "sdpa", "eager", "flash_attention_2", "flex_attention")
 
 
@@ -39,8 +41,6 @@ def choose_attention(model: Any, option: str, *, device: torch.device, compiled:
     (its per-batch block bounds would be new constants to the compiler every batch), and eager there
     otherwise.
     """
-    from mint_engine import segment_attention
-
     text = str(option).strip().lower()
     if text not in ATTENTION:
         raise ValueError(f"optimizer.attention={option!r}: use one of {', '.join(ATTENTION)}")

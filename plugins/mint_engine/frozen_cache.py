@@ -37,7 +37,7 @@ from torch import nn
 
 from mint_core.decoder import cross_attention_layers, decoder_of, decoder_slice, mask_kind_for
 from mint_engine.compute import choose_attention, set_attention
-from mint_engine.packing import SEG_PAD, SEG_PROMPT, build_pair_mask
+from mint_engine.packing import SEG_PAD, SEG_PROMPT, attention_kernel, build_pair_mask
 
 
 def _is_frozen(module: nn.Module) -> bool:
@@ -166,7 +166,7 @@ def _forward_only_attention(model: Any, mask_kind: str) -> Iterator[str]:
         yield mask_kind
         return
     device = decoder_of(model).embed_tokens.weight.device
-    training_kernel = model.config._attn_implementation
+    training_kernel = attention_kernel(model)
     choose_attention(model, "sdpa", device=device)
     try:
         yield mask_kind_for(model)

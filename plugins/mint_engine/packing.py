@@ -433,7 +433,7 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
         kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype,
                                                    pair_ids=batch.get("pair_ids"))
         if "segment_bounds" in batch and attention_kernel(model) == SEGMENT_KERNEL:
-            kwargs["segment_bounds"] = tuple(int(b) for b in batch["segment_bounds"].tolist())
+            kwargs["segment_bounds"] = tuple(batch["segment_bounds"].tolist())
     weight = fused_projection(model) if fused else None
     keep = batch["logits_to_keep"]
     if weight is not None:  # the model's own forward (wrappers see a normal call), no vocabulary projection

@@ -56,21 +56,15 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: t
     return torch.matmul(weights, value)
 
 
-def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
-    """``[B, kv_heads, L, D]`` -> ``[B, kv_heads * groups, L, D]`` (each KV head serves ``groups`` query heads)."""
-    if groups == 1:
-        return states
-    b, heads, length, dim = states.shape
-    return states[:, :, None].expand(b, heads, groups, length, dim).reshape(b, heads * groups, length, dim)
-
-
 def segment_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
                       segment_bounds: Sequence[int] | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; ``segment_bounds`` = ``(P, P + C, P + C + R, ...)``:
     the column where the prompt block ends, then where each answer block ends (the row's length last)."""
-    key = _repeat_kv(key, getattr(module, "num_key_value_groups", 1))
-    value = _repeat_kv(value, getattr(module, "num_key_value_groups", 1))
+    from transformers.models.llama.modeling_llama import repeat_kv  # here: packing imports NAME at start-up
+
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
     training = module.training
     length = query.shape[2]
     bounds = [int(b) for b in segment_bounds] if segment_bounds is not None and attention_mask is not None else []
