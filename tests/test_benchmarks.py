@@ -121,3 +121,39 @@ def test_efficiency_counts_the_weights_and_visible_positions_a_real_layer_has():
         scored = len(collate_packed([pair], pad_id=0, nll_on_prompt=nll_on_prompt)["g_tok"])
         assert scored == (p - 1 + c + r if nll_on_prompt else c + r)
         assert step["vocab"] == 2 * 2 * s["h"] * s["vocab"] * scored
+
+
+def test_efficiency_ranking_count_matches_the_tokens_score_runs(tmp_path):
+    """Ranking's FLOP count: the tokens each forward of ``LlamaTextModel.score`` runs and the rows it
+    projects to the vocabulary, counted on a real (tiny) student with forward hooks."""
+    import torch
+
+    from efficiency import layer_flops, ranking_flops, shapes
+    from mint_core.context import RunContext
+    from mint_core.types import Prompt
+    from mint_llama import LlamaTextConfig
+    from mint_llama.student import LlamaTextStudent
+    from mint_llama.testing import build_tiny_llama
+
+    directory = build_tiny_llama(tmp_path / "tiny", seed=0)
+    student = LlamaTextStudent(LlamaTextConfig(model=str(directory), device="cpu", dtype="float32"))
+    sm = student.load(ctx=RunContext(run_dir=tmp_path / "run", seed=0))
+    base = sm.model.get_base_model() if hasattr(sm.model, "get_base_model") else sm.model
+    prompts = [Prompt("Hypotonia and seizures."), Prompt("Tall stature, arachnodactyly and lens dislocation.")]
+    candidates = [f"Most likely diseases:\n1. {name}\n" for name in ("Marfan syndrome", "Angelman syndrome", "X")]
+    tokens, projected = [], []
+    base.model.register_forward_hook(lambda module, args, out: tokens.append(int(out.last_hidden_state.shape[1])))
+    base.lm_head.register_forward_hook(lambda module, args, out: projected.append(out.shape[-2] * out.shape[0]))
+    sm.score(prompts=prompts, candidates=candidates, batch_size=8)
+    s = shapes(base.config)
+    flops = ranking_flops(s, [len(sm.prompt_ids(p)) for p in prompts],
+                          [sm.completion_ids(c, end=False) for c in candidates])
+    assert flops["vocab"] == 2 * s["h"] * s["vocab"] * sum(projected)  # the rows actually projected
+    # Linear work: the real tokens of both forwards (the prompts, left-padded to one width with the
+    # shared "Most likely diseases:\n1." appended, then every candidate's remaining tokens on each row).
+    assert len(tokens) == 2, tokens
+    width, packed = tokens
+    lengths = [len(sm.prompt_ids(p)) for p in prompts]
+    shared = width - max(lengths)
+    per_token = layer_flops(s, 1, 0)["linear"] * s["layers"]
+    assert flops["linear"] == per_token * (sum(n + shared for n in lengths) + len(prompts) * packed)

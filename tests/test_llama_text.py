@@ -169,10 +169,16 @@ def test_ranking_candidates_share_the_prefix_and_pack_into_one_forward(student, 
     model.model.set_attn_implementation(attn)
     calls = _count_forwards(model)
     cached = model.score(prompts=PROMPTS[:2], candidates=RANKING, batch_size=8)
-    # Per prompt: one forward for prompt + shared prefix, one for every candidate's remaining tokens.
-    assert len(calls) == 4, calls
+    # Both prompts (left-padded, with the shared prefix) in one forward, then every candidate's
+    # remaining tokens, packed on each prompt's row, in one more.
+    assert len(calls) == 2, calls
     naive = model.score_naive(prompts=PROMPTS[:2], candidates=RANKING, batch_size=3)
     assert (torch.tensor(cached) - torch.tensor(naive)).abs().max().item() <= 1e-5
+    # One prompt at a time (two forwards each) gives the same scores: the padding is invisible.
+    calls.clear()
+    alone = [model.score(prompts=[p], candidates=RANKING, batch_size=8)[0] for p in PROMPTS[:2]]
+    assert len(calls) == 4, calls
+    assert (torch.tensor(cached) - torch.tensor(alone)).abs().max().item() <= 1e-5
     assert cached[0][0] == pytest.approx(cached[0][6], abs=1e-5)  # same candidate, same score
     # A forward holds at most the tokens of batch_size naive rows: with batch_size=1 and many candidates
     # they spread over several packed forwards, with the same scores.
@@ -190,6 +196,12 @@ def test_cached_score_is_exact_in_float64(tiny_dir, ctx):
     cached = model.score(prompts=PROMPTS, candidates=RANKING + CANDIDATES, batch_size=4)
     naive = model.score_naive(prompts=PROMPTS, candidates=RANKING + CANDIDATES, batch_size=4)
     assert (torch.tensor(cached, dtype=torch.float64) - torch.tensor(naive, dtype=torch.float64)).abs().max() < 1e-10
+    # The same with the three prompts (of different lengths) left-padded into one batch.
+    calls = _count_forwards(model)
+    grouped = model.score(prompts=PROMPTS, candidates=RANKING, batch_size=16)
+    assert len(calls) == 2, calls
+    naive = model.score_naive(prompts=PROMPTS, candidates=RANKING, batch_size=4)
+    assert (torch.tensor(grouped, dtype=torch.float64) - torch.tensor(naive, dtype=torch.float64)).abs().max() < 1e-10
 
 
 def test_adapter_roundtrip_gives_identical_scores(student, ctx, model, tmp_path):
