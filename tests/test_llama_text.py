@@ -143,6 +143,10 @@ def test_cached_score_matches_naive(model):
     # An empty candidate scores 0 (nothing to predict) and does not disturb its batch mates.
     mixed = model.score(prompts=PROMPTS[:1], candidates=["", CANDIDATES[0]], batch_size=2)
     assert mixed[0][0] == 0.0 and mixed[0][1] == pytest.approx(cached[0][0], abs=1e-5)
+    # The same with two prompts in one forward (left-padded).
+    mixed = model.score(prompts=PROMPTS[:2], candidates=["", CANDIDATES[0]], batch_size=2)
+    assert [row[0] for row in mixed] == [0.0, 0.0]
+    assert [row[1] for row in mixed] == pytest.approx([cached[0][0], cached[1][0]], abs=1e-5)
     # Scoring the end-of-turn token adds a (negative) term.
     with_end = model.score(prompts=PROMPTS[:1], candidates=CANDIDATES[:1], batch_size=1, end=True)
     assert with_end[0][0] < cached[0][0]

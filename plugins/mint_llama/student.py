@@ -91,6 +91,18 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
 
 
+def _pack_suffixes(suffixes: Sequence[Sequence[int]], device: torch.device) -> dict[str, torch.Tensor]:
+    """Tokens 2.. of each suffix packed into one row: ``inputs`` (each suffix but its last token),
+    ``targets`` (each but its first), each token's ``segment`` (suffix index) and ``offset`` within it,
+    and ``own`` [n, n]: packed query q may see packed key k iff same suffix and k <= q."""
+    segment = torch.tensor([j for j, s in enumerate(suffixes) for _ in s[:-1]], device=device)
+    offset = torch.tensor([k for s in suffixes for k in range(len(s) - 1)], device=device)
+    return {"inputs": torch.tensor([t for s in suffixes for t in s[:-1]], device=device),
+            "targets": torch.tensor([t for s in suffixes for t in s[1:]], device=device),
+            "segment": segment, "offset": offset,
+            "own": (segment[:, None] == segment[None, :]) & (offset[:, None] >= offset[None, :])}
+
+
 def _batches(items: Sequence[Any], size: int):
     size = max(1, int(size))
     for start in range(0, len(items), size):
@@ -310,29 +322,27 @@ class LlamaTextModel(StudentModel):
             scores[:, first] += ctx_logp[:, -1].double()[:, tokens]
         pending = [i for i, s in enumerate(suffixes) if len(s) > 1]
         if pending:
-            inputs = torch.tensor([t for i in pending for t in suffixes[i][:-1]], device=device)
-            targets = torch.tensor([t for i in pending for t in suffixes[i][1:]], device=device)
-            segment = torch.tensor([j for j, i in enumerate(pending) for _ in suffixes[i][:-1]], device=device)
-            offset = torch.tensor([k for i in pending for k in range(len(suffixes[i]) - 1)], device=device)
-            n = len(inputs)
+            packed = _pack_suffixes([suffixes[i] for i in pending], device)
+            n = len(packed["inputs"])
             # Query q sees its own row's context (not its padding) and its own candidate's earlier tokens.
-            own = (segment[:, None] == segment[None, :]) & (offset[:, None] >= offset[None, :])
-            allowed = torch.cat([mask.bool()[:, None, :].expand(rows, n, width), own.expand(rows, n, n)], dim=2)[:, None]
+            allowed = torch.cat([mask.bool()[:, None, :].expand(rows, n, width), packed["own"].expand(rows, n, n)],
+                                dim=2)[:, None]
             cache = DynamicCache([(layer.keys, layer.values) for layer in out.cache.layers], config=self._base_config())
-            logits = self.model(input_ids=inputs.expand(rows, n), attention_mask=self._mask_for(allowed, cache),
-                                position_ids=mask.sum(-1, keepdim=True) + offset[None], cache=cache,
+            logits = self.model(input_ids=packed["inputs"].expand(rows, n),
+                                attention_mask=self._mask_for(allowed, cache.layers[0].keys.dtype),
+                                position_ids=mask.sum(-1, keepdim=True) + packed["offset"][None], cache=cache,
                                 use_cache=True).logits
-            token_logp = _log_probs(logits).gather(-1, targets.expand(rows, n)[..., None]).squeeze(-1).double()
-            totals = torch.zeros(rows, len(pending), dtype=torch.float64, device=device).index_add_(1, segment, token_logp)
-            scores[:, pending] += totals
+            token_logp = _log_probs(logits).gather(-1, packed["targets"].expand(rows, n)[..., None]).squeeze(-1)
+            scores[:, pending] += torch.zeros(rows, len(pending), dtype=torch.float64, device=device).index_add_(
+                1, packed["segment"], token_logp.double())
         return scores.tolist()
 
-    def _mask_for(self, allowed: torch.Tensor, cache: Any) -> torch.Tensor:
-        """A boolean 4D mask as the attention takes it: as is for sdpa, additive for eager."""
+    def _mask_for(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A boolean 4D mask as the attention takes it: as is for sdpa, additive (in ``dtype``) for eager."""
         if self._base_config()._attn_implementation == "sdpa":
             return allowed
-        dtype = cache.layers[0].keys.dtype
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return additive.masked_fill(~allowed, torch.finfo(dtype).min)
 
     def _score_cached(self, prompt: list[int], cands: list[list[int]], batch_size: int) -> list[float]:
         if not cands:
@@ -361,7 +371,7 @@ class LlamaTextModel(StudentModel):
         # A forward holds at most the tokens one naive batch of ``batch_size`` would.
         pending = [i for i, s in enumerate(suffixes) if len(s) > 1]
         budget = max(1, batch_size) * (len(prompt) + max(len(c) for c in cands))
-        pack_many = self._base_config()._attn_implementation in ("sdpa", "eager")
+        pack_many = self._packs_candidates()
         while pending:
             chunk, used = [], 0
             while pending and (not chunk or (pack_many and used + len(suffixes[pending[0]]) - 1 <= budget)):
@@ -377,29 +387,21 @@ class LlamaTextModel(StudentModel):
         from transformers import DynamicCache
 
         device = self.device
-        inputs = [t for s in suffixes for t in s[:-1]]
-        targets = [t for s in suffixes for t in s[1:]]
-        segment = torch.tensor([j for j, s in enumerate(suffixes) for _ in s[:-1]], device=device)
-        offset = torch.tensor([k for s in suffixes for k in range(len(s) - 1)], device=device)
-        n = len(inputs)
+        packed = _pack_suffixes(suffixes, device)
+        n = len(packed["inputs"])
         mask = None
         if len(suffixes) > 1:
             # Query q may see key k (packed index) iff same candidate and k <= q; all of the context.
-            own = (segment[:, None] == segment[None, :]) & (offset[:, None] >= offset[None, :])
-            allowed = torch.cat([torch.ones(n, n_ctx, dtype=torch.bool, device=device), own], dim=1)[None, None]
-            if self._base_config()._attn_implementation == "sdpa":
-                mask = allowed
-            else:  # eager adds the mask to the attention scores
-                dtype = context_kv[0][0].dtype
-                mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-                    ~allowed, torch.finfo(dtype).min)
+            context = torch.ones(n, n_ctx, dtype=torch.bool, device=device)
+            allowed = torch.cat([context, packed["own"]], dim=1)[None, None]
+            mask = self._mask_for(allowed, context_kv[0][0].dtype)
         # A fresh cache per forward: its update concatenates, so the context tensors stay untouched.
         cache = DynamicCache(list(context_kv), config=self._base_config())
-        logits = self.model(input_ids=torch.tensor([inputs], device=device), attention_mask=mask,
-                            position_ids=(offset + n_ctx)[None], cache=cache, use_cache=True).logits[0]
-        token_logp = _log_probs(logits).gather(
-            -1, torch.tensor(targets, device=device)[:, None]).squeeze(-1).double()
-        totals = torch.zeros(len(suffixes), dtype=torch.float64, device=device).index_add_(0, segment, token_logp)
+        logits = self.model(input_ids=packed["inputs"][None], attention_mask=mask,
+                            position_ids=(packed["offset"] + n_ctx)[None], cache=cache, use_cache=True).logits[0]
+        token_logp = _log_probs(logits).gather(-1, packed["targets"][:, None]).squeeze(-1).double()
+        totals = torch.zeros(len(suffixes), dtype=torch.float64, device=device)
+        totals.index_add_(0, packed["segment"], token_logp)
         return totals.tolist()
 
     def _score_naive(self, prompt: list[int], cands: list[list[int]], batch_size: int) -> list[float]:
