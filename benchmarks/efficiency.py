@@ -283,9 +283,9 @@ def ranking_flops(s: dict[str, int], prompts: list[int], candidates: list[list[i
     and to themselves, each projected to the vocabulary. (Until 2026-12-07 this counted every candidate's
     shared tokens once per candidate: 20 x 7 of the demo's ~200 packed tokens a prompt, so ranking's
     fraction read high.)"""
-    shared = 0
-    while candidates and all(len(c) > shared and c[shared] == candidates[0][shared] for c in candidates):
-        shared += 1
+    from mint_llama.student import common_prefix
+
+    shared = len(common_prefix(candidates))
     rest = [len(c) - shared - 1 for c in candidates if len(c) - shared > 1]
     flops = {"linear": 0.0, "attention": 0.0, "vocab": 0.0}
     for p in prompts:

@@ -79,11 +79,16 @@ def build_pair_mask(segment_ids: torch.Tensor, *, kind: str, dtype: torch.dtype 
     if pair_ids is not None:
         allowed = allowed & (pair_ids[:, :, None] == pair_ids[:, None, :])
     allowed = allowed | (torch.eye(length, dtype=torch.bool, device=seg.device)[None] & (q < 0))
-    allowed = allowed[:, None]
+    return mask_as(allowed[:, None], kind=kind, dtype=dtype)
+
+
+def mask_as(allowed: torch.Tensor, *, kind: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A boolean attention mask (True = attend) in the form ``kind`` takes: as is for ``bool`` (sdpa),
+    0 / ``dtype`` min for ``additive`` (eager)."""
     if kind == "bool":
         return allowed
     if kind == "additive":
-        zero = torch.zeros((), dtype=dtype, device=seg.device)
+        zero = torch.zeros((), dtype=dtype, device=allowed.device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)
     raise ValueError(f"mask kind {kind!r}: use 'bool' or 'additive'")
 
@@ -100,8 +105,14 @@ def register_mask_kind(implementation: str, kind: str) -> None:
     _MASK_KINDS[implementation] = kind
 
 
+def attention_implementation(model: Any) -> str:
+    """The model's attention implementation (``config._attn_implementation``), "" if it has none;
+    ``model`` may be wrapped (DDP, DeepSpeed: ``.module``)."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+
+
 def mask_kind_for(model: Any) -> str | None:
     """The 4D mask form this model's attention takes (``bool`` sdpa, ``additive`` eager), or ``None`` if none."""
-    config = getattr(model, "config", None)
-    impl = getattr(config, "_attn_implementation", None) if config is not None else None
-    return _MASK_KINDS.get(impl or "")
+    return _MASK_KINDS.get(attention_implementation(model))

@@ -128,9 +128,10 @@ def test_the_kernel_is_seen_through_a_ddp_wrapper():
     DDP-wrapped model, whose config lives on ``.module``."""
     from types import SimpleNamespace
 
-    from mint_engine.packing import attention_kernel
+    from mint_core.decoder import attention_implementation
 
     model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=segment_attention.NAME))
     wrapper = SimpleNamespace(module=SimpleNamespace(module=model))
-    assert attention_kernel(wrapper) == attention_kernel(model) == segment_attention.NAME
-    assert attention_kernel(SimpleNamespace()) == ""
+    assert attention_implementation(wrapper) == attention_implementation(model) == segment_attention.NAME
+    assert attention_implementation(SimpleNamespace()) == ""
+    assert mask_kind_for(wrapper) == "additive"

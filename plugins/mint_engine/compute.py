@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from mint_core.decoder import attention_implementation
 from mint_engine import segment_attention
 
 ATTENTION = ("auto", "segments", "sdpa", "eager", "flash_attention_2", "flex_attention")
@@ -45,7 +46,7 @@ def choose_attention(model: Any, option: str, *, device: torch.device, compiled:
     if text not in ATTENTION:
         raise ValueError(f"optimizer.attention={option!r}: use one of {', '.join(ATTENTION)}")
     config = getattr(model, "config", None)
-    current = str(getattr(config, "_attn_implementation", "") or "")
+    current = attention_implementation(model)
     fits = segment_attention.supports(model) and not compiled
     if text == "segments" and not fits:
         problem = "optimizer.compile=true" if compiled else f"a '{getattr(config, 'model_type', '?')}' model"

@@ -35,9 +35,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from mint_core.decoder import cross_attention_layers, decoder_of, decoder_slice, mask_kind_for
+from mint_core.decoder import (attention_implementation, cross_attention_layers, decoder_of, decoder_slice,
+                               mask_kind_for)
 from mint_engine.compute import choose_attention, set_attention
-from mint_engine.packing import SEG_PAD, SEG_PROMPT, attention_kernel, build_pair_mask
+from mint_engine.packing import SEG_PAD, SEG_PROMPT, build_pair_mask
 
 
 def _is_frozen(module: nn.Module) -> bool:
@@ -166,7 +167,7 @@ def _forward_only_attention(model: Any, mask_kind: str) -> Iterator[str]:
         yield mask_kind
         return
     device = decoder_of(model).embed_tokens.weight.device
-    training_kernel = attention_kernel(model)
+    training_kernel = attention_implementation(model)
     choose_attention(model, "sdpa", device=device)
     try:
         yield mask_kind_for(model)

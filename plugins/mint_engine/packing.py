@@ -46,7 +46,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from mint_core.decoder import SEG_PAD, SEG_PROMPT, build_pair_mask
+from mint_core.decoder import SEG_PAD, SEG_PROMPT, attention_implementation, build_pair_mask
 from mint_engine.segment_attention import NAME as SEGMENT_KERNEL
 
 KIND_PROMPT, KIND_CHOSEN, KIND_REJECTED = 0, 1, 2
@@ -291,17 +291,9 @@ GATHER_KEYS = ("g_row", "g_col", "g_tok", "g_pair", "g_kind", "g_weight", "n_cho
                "pair_ids", "logits_to_keep", "feature_index", "segment_bounds")
 
 
-def attention_kernel(model: Any) -> str:
-    """The model's attention implementation (``config._attn_implementation``), "" if it has none;
-    ``model`` may be wrapped (DDP, DeepSpeed: ``.module``)."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    return str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
-
-
 def varlen_attention(model: Any) -> bool:
     """Whether the model's attention runs packed sequences without a dense mask (flash / flex kernels)."""
-    impl = attention_kernel(model)
+    impl = attention_implementation(model)
     return "flash" in impl or impl == "flex_attention"
 
 
@@ -432,7 +424,7 @@ def forward_pairs(model: Any, batch: dict[str, Any], *, mask_kind: str | None = 
         dtype = _compute_dtype(model)
         kwargs["attention_mask"] = build_pair_mask(batch["segment_ids"], kind=mask_kind, dtype=dtype,
                                                    pair_ids=batch.get("pair_ids"))
-        if "segment_bounds" in batch and attention_kernel(model) == SEGMENT_KERNEL:
+        if "segment_bounds" in batch and attention_implementation(model) == SEGMENT_KERNEL:
             kwargs["segment_bounds"] = tuple(batch["segment_bounds"].tolist())
     weight = fused_projection(model) if fused else None
     keep = batch["logits_to_keep"]

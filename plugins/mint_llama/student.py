@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from mint_core.components import AnswerConstraint, Student, StudentModel
+from mint_core.decoder import mask_as, mask_kind_for
 from mint_core.io import atomic_dir
 from mint_core.hardware import native_bf16
 from mint_core.registry import MintError
@@ -74,7 +75,7 @@ def require_4bit(device: torch.device) -> None:
         raise MintError("student.load_in_4bit=true needs bitsandbytes: pip install bitsandbytes")
 
 
-def _common_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
+def common_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
     """The longest run of leading tokens all ``rows`` share ([] for no rows)."""
     if not rows:
         return []
@@ -277,7 +278,7 @@ class LlamaTextModel(StudentModel):
         """
         if not cands or len(prompts) < 2 or not self._packs_candidates():
             return [self._score_cached(p, cands, batch_size) for p in prompts]
-        shared = _common_prefix(cands)
+        shared = common_prefix(cands)
         suffixes = [c[len(shared):] for c in cands]
         packed = sum(max(0, len(s) - 1) for s in suffixes)
         longest, prompt = max(map(len, cands)), max(map(len, prompts))
@@ -292,8 +293,9 @@ class LlamaTextModel(StudentModel):
         return scores
 
     def _packs_candidates(self) -> bool:
-        """Whether the attention takes the arbitrary 4D masks packed candidates need (sdpa, eager)."""
-        return self._base_config()._attn_implementation in ("sdpa", "eager")
+        """Whether the attention takes the arbitrary 4D masks packed candidates need (sdpa, eager, or a kernel
+        that declared its mask form with :func:`mint_core.decoder.register_mask_kind`)."""
+        return mask_kind_for(self.model) is not None
 
     def _score_group(self, prompts: list[list[int]], shared: list[int], suffixes: list[list[int]]) -> list[list[float]]:
         """:meth:`_score_cached` for several prompts at once: contexts left-padded into one batch, then every
@@ -328,8 +330,8 @@ class LlamaTextModel(StudentModel):
             allowed = torch.cat([mask.bool()[:, None, :].expand(rows, n, width), packed["own"].expand(rows, n, n)],
                                 dim=2)[:, None]
             cache = DynamicCache([(layer.keys, layer.values) for layer in out.cache.layers], config=self._base_config())
-            logits = self.model(input_ids=packed["inputs"].expand(rows, n),
-                                attention_mask=self._mask_for(allowed, cache.layers[0].keys.dtype),
+            form = mask_as(allowed, kind=mask_kind_for(self.model), dtype=cache.layers[0].keys.dtype)
+            logits = self.model(input_ids=packed["inputs"].expand(rows, n), attention_mask=form,
                                 position_ids=mask.sum(-1, keepdim=True) + packed["offset"][None], cache=cache,
                                 use_cache=True).logits
             token_logp = _log_probs(logits).gather(-1, packed["targets"].expand(rows, n)[..., None]).squeeze(-1)
@@ -337,20 +339,13 @@ class LlamaTextModel(StudentModel):
                 1, packed["segment"], token_logp.double())
         return scores.tolist()
 
-    def _mask_for(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """A boolean 4D mask as the attention takes it: as is for sdpa, additive (in ``dtype``) for eager."""
-        if self._base_config()._attn_implementation == "sdpa":
-            return allowed
-        additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        return additive.masked_fill(~allowed, torch.finfo(dtype).min)
-
     def _score_cached(self, prompt: list[int], cands: list[list[int]], batch_size: int) -> list[float]:
         if not cands:
             return []
         device = self.device
         # Tokens every candidate starts with (evaluation's "Most likely diseases:\n1.") continue the
         # prompt identically for all of them: run them once, as part of the prompt's forward.
-        shared = _common_prefix(cands)
+        shared = common_prefix(cands)
         context = prompt + shared
         n_ctx = len(context)
         # Only the positions that predict a shared token or a candidate's first token are projected
@@ -394,7 +389,7 @@ class LlamaTextModel(StudentModel):
             # Query q may see key k (packed index) iff same candidate and k <= q; all of the context.
             context = torch.ones(n, n_ctx, dtype=torch.bool, device=device)
             allowed = torch.cat([context, packed["own"]], dim=1)[None, None]
-            mask = self._mask_for(allowed, context_kv[0][0].dtype)
+            mask = mask_as(allowed, kind=mask_kind_for(self.model), dtype=context_kv[0][0].dtype)
         # A fresh cache per forward: its update concatenates, so the context tensors stay untouched.
         cache = DynamicCache(list(context_kv), config=self._base_config())
         logits = self.model(input_ids=packed["inputs"][None], attention_mask=mask,
