@@ -11,10 +11,11 @@ Heavy imports (torch, transformers) belong inside these methods, never at a plug
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Sequence
 
 from mint_core.answers import HEADER
 from mint_core.types import Case, LabelSpace, Modality, PreferenceExample, Prompt, Ranking, TaskData
@@ -164,6 +165,16 @@ class StudentModel(ABC):
     def score(self, *, prompts: Sequence[Prompt], candidates: Sequence[str], batch_size: int) -> list[list[float]]:
         """Sum of log-probabilities of each candidate answer given each prompt: ``[n_prompts][n_candidates]``."""
 
+    @contextlib.contextmanager
+    def reusing_prompts(self) -> Iterator[None]:
+        """A block in which :meth:`score` may reuse what :meth:`generate` computed for the same prompts (a
+        decoder's keys and values of each prompt), instead of running those prompts again.
+
+        Evaluation wraps one split's generation and ranking in it. Inside the block the model must not
+        change; scores may differ from a fresh computation by the rounding of another batch shape. The
+        default reuses nothing.
+        """
+        yield
 
     def export(self, *, out_dir: Path, merged: bool = False) -> dict[str, Any]:
         """Write the model in Hugging Face format to ``out_dir`` (``mint export``).

@@ -44,6 +44,7 @@ object does the model work.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
@@ -287,27 +288,30 @@ def evaluate(*, config: EvalConfig, student_model: StudentModel, task: Task, dat
     ks = ks or config.ks
     metrics: dict[str, Any] = {}
     parts: list[list[dict[str, Any]]] = []
-    if config.mode in ("generation", "both"):
-        chosen = spread_cases(cases, config.max_generation_cases) if config.max_generation_cases else cases
-        prompt_of = dict(zip((c.id for c in cases), prompts)) if prompts is not None else None
-        gen_metrics, gen_predictions = evaluate_generation(
-            student_model=student_model, task=task, data=data, cases=chosen, rankings=rankings, n_answers=n_answers,
-            ks=ks, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-            prompts=None if prompt_of is None else [prompt_of[c.id] for c in chosen],
-            threshold=config.fuzzy_threshold, ctx=ctx, teacher_k=n_answers, teacher_q=teacher_q)
-        gen_metrics["n_generation"] = gen_metrics.pop("n")
-        metrics.update(gen_metrics)
-        parts.append(gen_predictions)
-    if config.mode in ("ranking", "both"):
-        if reference is None:
-            reference = calibration_reference(method=config.calibration, student_model=student_model, task=task,
-                                              data=data, n_answers=n_answers, batch_size=config.batch_size,
-                                              max_cases=config.calibration_cases, ctx=ctx)
-        rank_metrics, rank_predictions = evaluate_ranking(
-            student_model=student_model, task=task, data=data, cases=cases, n_answers=n_answers, ks=ks,
-            batch_size=config.batch_size, prompts=prompts, ctx=ctx, calibration=reference["vector"])
-        metrics.update(rank_metrics)
-        parts.append(rank_predictions)
+    # Ranking scores the prompts generation has just run: a student may keep their keys and values.
+    reuse = getattr(student_model, "reusing_prompts", None)  # duck-typed students may lack it
+    with reuse() if reuse is not None and config.mode == "both" else contextlib.nullcontext():
+        if config.mode in ("generation", "both"):
+            chosen = spread_cases(cases, config.max_generation_cases) if config.max_generation_cases else cases
+            prompt_of = dict(zip((c.id for c in cases), prompts)) if prompts is not None else None
+            gen_metrics, gen_predictions = evaluate_generation(
+                student_model=student_model, task=task, data=data, cases=chosen, rankings=rankings, n_answers=n_answers,
+                ks=ks, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+                prompts=None if prompt_of is None else [prompt_of[c.id] for c in chosen],
+                threshold=config.fuzzy_threshold, ctx=ctx, teacher_k=n_answers, teacher_q=teacher_q)
+            gen_metrics["n_generation"] = gen_metrics.pop("n")
+            metrics.update(gen_metrics)
+            parts.append(gen_predictions)
+        if config.mode in ("ranking", "both"):
+            if reference is None:
+                reference = calibration_reference(method=config.calibration, student_model=student_model, task=task,
+                                                  data=data, n_answers=n_answers, batch_size=config.batch_size,
+                                                  max_cases=config.calibration_cases, ctx=ctx)
+            rank_metrics, rank_predictions = evaluate_ranking(
+                student_model=student_model, task=task, data=data, cases=cases, n_answers=n_answers, ks=ks,
+                batch_size=config.batch_size, prompts=prompts, ctx=ctx, calibration=reference["vector"])
+            metrics.update(rank_metrics)
+            parts.append(rank_predictions)
     metrics["n"] = len(cases)
     order = {case.id: i for i, case in enumerate(cases)}
     return metrics, sorted(merge_predictions(*parts), key=lambda row: order[row["case_id"]])

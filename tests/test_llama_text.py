@@ -208,6 +208,25 @@ def test_cached_score_is_exact_in_float64(tiny_dir, ctx):
     assert (torch.tensor(grouped, dtype=torch.float64) - torch.tensor(naive, dtype=torch.float64)).abs().max() < 1e-10
 
 
+def test_ranking_on_the_prompts_generation_kept_is_exact_in_float64(tiny_dir, ctx):
+    # Evaluation generates, then ranks the same prompts inside reusing_prompts(): the ranking's first
+    # forward then runs only each prompt's last token and the shared prefix on generation's states.
+    config = LlamaTextConfig(model=str(tiny_dir), dtype="float64", device="cpu")
+    model = mint_llama.student.LlamaTextStudent(config).load(ctx=ctx)
+    fresh = model.score(prompts=PROMPTS, candidates=RANKING, batch_size=16)
+    shared = len(mint_llama.student.common_prefix([model.completion_ids(c, end=False) for c in RANKING]))
+    with model.reusing_prompts():
+        model.generate(prompts=PROMPTS, max_new_tokens=4, batch_size=2)  # two generation batches
+        calls = _count_forwards(model)
+        reused = model.score(prompts=PROMPTS, candidates=RANKING, batch_size=16)
+        assert calls[0] == shared + 1 and len(calls) == 2, calls
+        outside = model.score(prompts=PROMPTS[:1] + [Prompt("Not generated for.")], candidates=RANKING, batch_size=16)
+        assert calls[2] > shared + 1  # a prompt generation did not run: the whole context forward
+    assert model._kept_prompts is None
+    assert (torch.tensor(reused, dtype=torch.float64) - torch.tensor(fresh, dtype=torch.float64)).abs().max() < 1e-10
+    assert outside[0] == pytest.approx(fresh[0], abs=1e-10)
+
+
 def test_adapter_roundtrip_gives_identical_scores(student, ctx, model, tmp_path):
     trainable = student.load(ctx=ctx, trainable=True)
     n_trainable = sum(p.numel() for p in trainable.model.parameters() if p.requires_grad)

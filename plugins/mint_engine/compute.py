@@ -13,7 +13,8 @@ AVX512-BF16; profile and figures in benchmarks/README.md):
   flash-attention are the fast ones).
 - **Frozen weights under bf16 autocast.** Autocast casts every fp32 weight to bf16 at every matrix
   product; the frozen ones never change, so :func:`freeze_in` stores them in bf16 once. The
-  products are bit for bit what autocast computed (the same rounding of the same weights).
+  products are bit for bit what autocast computed (the same rounding of the same weights). On CPU
+  the trainer also reorders them once for oneDNN (:mod:`mint_core.prepacked`; again bit for bit).
 - **Compiling the layers a step runs** (``compile``, off by default). Inductor fuses the
   elementwise work around the matrix products (norms, rotary, SiLU, residual adds, autocast's
   casts): the demo's step 3-9% shorter on two hosts, but the first step pays the compilation,

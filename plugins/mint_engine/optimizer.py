@@ -173,6 +173,7 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
     import torch
     from transformers import TrainingArguments
 
+    from mint_core import prepacked
     from mint_engine.compute import choose_attention, compile_layers, freeze_in, use_compile
     from mint_engine.frozen_cache import build_for_training, cache_plan
     from mint_engine.packing import SEGMENT_KERNEL, attention_weight
@@ -191,6 +192,9 @@ def build_mint_trainer(cfg: TrainingOptions, sm: StudentModel, features: list[di
     mixed = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
     if mixed is not None:
         freeze_in(model, mixed)
+        if mixed == torch.bfloat16 and not compiled:
+            # Frozen bf16 weights reordered once for oneDNN on CPU (same products); PackedTrainer.train removes it.
+            prepacked.install(model)
     packed, mask_kind, reason = choose_packing(model, cfg.packing, features)
     padding_free, pf_reason = choose_padding_free(model, cfg.padding_free, features)
     nll_on_prompt = bool(getattr(cfg, "nll_on_prompt", False))  # only ORPO-like objectives have an NLL term

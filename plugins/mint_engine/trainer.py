@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 from transformers import Trainer
 
+from mint_core import prepacked
 from mint_core.decoder import mask_kind_for
 from mint_engine.packing import (collate_packed, collate_two_sequence, forward_pairs, gather_weights, layout_costs,
                                  varlen_attention)
@@ -119,6 +120,14 @@ class PackedTrainer(Trainer):
         #: :class:`mint_engine.frozen_cache.FrozenBottomCache` or None; used for batches carrying ``feature_index``.
         self.frozen_cache = frozen_cache
         self._stored: dict[str, list[float]] = defaultdict(list)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            # The reordered frozen weights installed with the trainer (mint_core.prepacked) go with the run:
+            # afterwards the weights may change (a merge) in ways the reordered copies would not see.
+            prepacked.remove(self.model)
 
     def _get_train_sampler(self, train_dataset=None):
         """The training order of :mod:`mint_engine.sharding`: each process keeps its own features."""

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from mint_core import prepacked
+
 #: Tokens per chunk: ~50 MB of fp32 logits for a 49k vocabulary. The size only sets the products'
 #: shapes: each row's softmax is its own, so values and gradients are bit-identical at the demo's
 #: shapes (bf16 and fp32), though the BLAS may pick another kernel for another row count (1e-7,
@@ -41,6 +43,8 @@ class _TokenLogProbs(torch.autograd.Function):
         raw = hidden.new_empty(size, weight.shape[0])
         logits = raw if raw.dtype == torch.float32 else hidden.new_empty(size, weight.shape[0], dtype=torch.float32)
         weight_t = weight.t()
+        # softmax @ W on the transposed weight reordered once (bit-identical; mint_core.prepacked).
+        packed_t = _reordered_transpose(weight) if need_grad else None
         for start in range(0, n, CHUNK):
             stop = min(start + CHUNK, n)
             rows = stop - start
@@ -57,7 +61,8 @@ class _TokenLogProbs(torch.autograd.Function):
                 probs = z.div_(total[:, None])  # the softmax
                 if z_raw is not z:
                     probs = z_raw.copy_(probs)
-                jacobian[start:stop] = weight[target].float() - torch.mm(probs, weight).float()
+                mixed = torch.mm(probs, weight) if packed_t is None else prepacked.linear(probs, packed_t)
+                jacobian[start:stop] = weight[target].float() - mixed.float()
         if need_grad:
             ctx.save_for_backward(jacobian)
         return out
@@ -99,6 +104,24 @@ def _cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         _CASTS.clear()
         _CASTS[key] = weight.detach().to(dtype)
     return _CASTS[key]
+
+
+#: (the weight, its version, its transpose reordered); holding the weight keeps its address from reuse.
+_TRANSPOSE: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+
+
+def _reordered_transpose(weight: torch.Tensor) -> torch.Tensor | None:
+    """``weight.T`` reordered for oneDNN (kept while the weight is unchanged) where bf16 products on the
+    CPU take it, else None.
+
+    The jacobian's ``softmax @ W`` (``[256, 49,152] x [49,152, 576]``) ran 51.5 -> 44.0 ms on the
+    transposed weight reordered once, with the same result (benchmarks/README.md, seventh session).
+    """
+    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not prepacked.supported():
+        return None
+    if not _TRANSPOSE or _TRANSPOSE[0][0].data_ptr() != weight.data_ptr() or _TRANSPOSE[0][1] != weight._version:
+        _TRANSPOSE[:] = [(weight.detach(), weight._version, prepacked.reorder(weight.detach().t().contiguous()))]
+    return _TRANSPOSE[0][2]
 
 
 def fused_projection(model: Any) -> torch.Tensor | None:
