@@ -132,7 +132,9 @@ def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     # A weight that takes a gradient here trains: the plain product (its input's cast still shared). Without
     # autograd (inference) any weight qualifies; if it has changed since (an optimizer step), its version says so.
     trains = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
-    if trains or weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or (
+    # A weight that is a view into another tensor (FSDP's flat parameters) comes and goes with its
+    # wrapper: a kept copy would pin the unsharded storage, so it takes the plain product.
+    if trains or weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or weight._base is not None or (
             bias is not None and bias.dtype != weight.dtype):
         if x.dtype == torch.float32 and x.device.type == "cpu" and _autocasts_to(torch.bfloat16):
             x = _autocast_input(x, torch.bfloat16)

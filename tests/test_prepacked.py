@@ -113,6 +113,19 @@ def test_a_trainable_or_changed_weight_is_never_read_from_a_stale_copy():
 
 
 @native
+def test_a_weight_viewing_another_tensor_is_not_copied():
+    # FSDP's parameters are views into flat buffers that come and go: no copy may pin them.
+    layer = _linear()
+    flat = layer.weight.detach().reshape(-1).clone()
+    del layer.weight  # what FSDP does: a plain tensor view in the parameter's place during forward
+    layer.weight = flat.view(96, 64)
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    with prepacked.prepacked(layer):
+        assert torch.equal(layer(x), F.linear(x, layer.weight))
+        assert layer not in prepacked._REORDERED
+
+
+@native
 def test_nested_blocks_keep_the_outer_installation():
     layer = _linear()
     with prepacked.prepacked(layer) as outer:
