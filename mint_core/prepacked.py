@@ -171,7 +171,7 @@ def install(model: torch.nn.Module) -> int:
 
 
 def remove(model: torch.nn.Module) -> int:
-    """Undo :func:`install` and free the reordered copies. Returns how many modules."""
+    """Undo :func:`install` and free the reordered copies (and the last shared cast). Returns how many modules."""
     count = 0
     for module in model.modules():
         forward = module.__dict__.get("forward")
@@ -179,6 +179,7 @@ def remove(model: torch.nn.Module) -> int:
             del module.forward
             _REORDERED.pop(module, None)
             count += 1
+    _LAST_CAST.clear()
     return count
 
 

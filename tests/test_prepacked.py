@@ -95,6 +95,7 @@ def test_products_reading_one_activation_share_its_cast_and_keep_their_gradients
 
     plain, shared = run(False), run(True)
     assert reused == [False, True]  # the second product read the first one's copy
+    assert not prepacked._LAST_CAST  # freed with the block
     assert all(torch.equal(a, b) for a, b in zip(plain, shared))
 
 
