@@ -19,6 +19,7 @@ torch is imported only when several processes run.
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Any, Callable, Sequence, TypeVar
@@ -85,6 +86,18 @@ def setup() -> None:
     else:
         backend = "gloo"
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    # Leave the group before the interpreter finalizes. Otherwise gloo's worker threads may still be
+    # freeing finished work (a broadcast's tensors, owned by Python objects) when Python can no longer
+    # hand them the GIL; the thread then exits mid-destructor and the process aborts with "terminate
+    # called without an active exception" (a core dump of the two-process test showed exactly this).
+    atexit.register(_leave_group)
+
+
+def _leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
