@@ -38,11 +38,11 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-#: module -> (the weight it was reordered from, that weight's version, the reordered copy). Weak keys:
-#: a module that goes away takes its copy along; holding the weight keeps its storage (so its address)
-#: from being reused by another tensor while the copy is kept.
-_REORDERED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[torch.Tensor, int, torch.Tensor]] = \
-    weakref.WeakKeyDictionary()
+#: (a weight, its version, it or its transpose reordered): what :func:`kept` returns.
+Held = tuple[torch.Tensor, int, torch.Tensor]
+
+#: module -> its :func:`kept` reordered weight. Weak keys: a module that goes away takes its copy along.
+_REORDERED: weakref.WeakKeyDictionary[torch.nn.Module, Held] = weakref.WeakKeyDictionary()
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,12 +66,19 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = No
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+def kept(held: Held | None, weight: torch.Tensor, *, transpose: bool = False) -> Held:
+    """(the weight, its version, it or its transpose reordered): ``held`` while it was made from this
+    weight unchanged (same storage, same version), else a new one; a slot keeps one ``transpose``.
+    Holding the weight keeps its address from being reused by another tensor while the copy is kept."""
+    if held is None or held[0].data_ptr() != weight.data_ptr() or held[1] != weight._version:
+        source = weight.detach().t().contiguous() if transpose else weight
+        held = (weight.detach(), weight._version, reorder(source))
+    return held
+
+
 def _reordered(module: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor:
-    cached = _REORDERED.get(module)
-    if cached is None or cached[0].data_ptr() != weight.data_ptr() or cached[1] != weight._version:
-        cached = (weight.detach(), weight._version, reorder(weight))
-        _REORDERED[module] = cached
-    return cached[2]
+    _REORDERED[module] = kept(_REORDERED.get(module), weight)
+    return _REORDERED[module][2]
 
 
 class _PackedLinear(torch.autograd.Function):

@@ -106,8 +106,8 @@ def _cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _CASTS[key]
 
 
-#: (the weight, its version, its transpose reordered); holding the weight keeps its address from reuse.
-_TRANSPOSE: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+#: The vocabulary weight's transpose, reordered (:func:`mint_core.prepacked.kept`); one weight at a time.
+_TRANSPOSE: list[prepacked.Held] = []
 
 
 def _reordered_transpose(weight: torch.Tensor) -> torch.Tensor | None:
@@ -119,8 +119,7 @@ def _reordered_transpose(weight: torch.Tensor) -> torch.Tensor | None:
     """
     if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not prepacked.supported():
         return None
-    if not _TRANSPOSE or _TRANSPOSE[0][0].data_ptr() != weight.data_ptr() or _TRANSPOSE[0][1] != weight._version:
-        _TRANSPOSE[:] = [(weight.detach(), weight._version, prepacked.reorder(weight.detach().t().contiguous()))]
+    _TRANSPOSE[:] = [prepacked.kept(_TRANSPOSE[0] if _TRANSPOSE else None, weight, transpose=True)]
     return _TRANSPOSE[0][2]
 
 

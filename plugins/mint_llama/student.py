@@ -337,21 +337,23 @@ class LlamaTextModel(StudentModel):
         from transformers import DynamicCache
 
         device = self.device
+        ids, mask = self._left_pad([p + shared for p in prompts])
+        rows, width = ids.shape
+        # Left padding: each row's tokens keep positions 0..n-1, and the last len(shared)+1 positions
+        # (those that predict a shared token or a candidate's first token) line up across rows.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        tail = len(shared) + 1
         kept = [self._kept_prompts.get(tuple(p)) for p in prompts] if self._kept_prompts else [None]
         if all(k is not None for k in kept):
-            out, mask = self._continue_kept(prompts, kept, shared)
+            # Generation kept every prompt's states but its last token's: only the last columns run.
+            out = self.model(input_ids=ids[:, -tail:], attention_mask=mask, position_ids=positions[:, -tail:],
+                             cache=self._kept_cache(prompts, kept, past=width - tail), use_cache=True)
         else:
-            ids, mask = self._left_pad([p + shared for p in prompts])
-            width = ids.shape[1]
-            # Left padding: each row's tokens keep positions 0..n-1, and the last len(shared)+1 positions
-            # (those that predict a shared token or a candidate's first token) line up across rows.
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             # Kept positions as indices, not a count: the gathered states are contiguous, so the vocabulary
             # projection is one matrix product (a slice of a batch would make torch copy the weight per row).
-            keep = torch.arange(width - len(shared) - 1, width, device=device)
+            keep = torch.arange(width - tail, width, device=device)
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              logits_to_keep=keep)
-        rows, width = mask.shape
         ctx_logp = _log_probs(out.logits)
         scores = torch.zeros(rows, len(suffixes), dtype=torch.float64, device=device)
         if shared:
@@ -378,32 +380,22 @@ class LlamaTextModel(StudentModel):
                 1, packed["segment"], token_logp.double())
         return scores.tolist()
 
-    def _continue_kept(self, prompts: list[list[int]], kept: list[list[tuple[torch.Tensor, torch.Tensor]]],
-                       shared: list[int]) -> tuple[Any, torch.Tensor]:
-        """The grouped context forward of :meth:`_score_group` on kept prompt states: only each prompt's
-        last token and the shared tokens run (left-padded like the full forward). Returns the output
-        (logits of those ``len(shared) + 1`` positions, the cache) and the context's 2D mask."""
+    def _kept_cache(self, prompts: list[list[int]], kept: list[list[tuple[torch.Tensor, torch.Tensor]]], *,
+                    past: int) -> Any:
+        """The kept states of ``prompts`` (all tokens but each one's last) left-padded to ``past`` positions,
+        as the cache of :meth:`_score_group`'s context forward."""
         from transformers import DynamicCache
 
-        device = self.device
-        lengths = [len(p) - 1 for p in prompts]
-        past, tail = max(lengths), len(shared) + 1
         layers = []
         for layer in range(len(kept[0])):
             k0, v0 = kept[0][layer]
             keys = k0.new_zeros((len(prompts), k0.shape[1], past, k0.shape[-1]))
             values = v0.new_zeros((len(prompts), v0.shape[1], past, v0.shape[-1]))
-            for r, n in enumerate(lengths):
+            for r, prompt in enumerate(prompts):
+                n = len(prompt) - 1
                 keys[r, :, past - n:], values[r, :, past - n:] = kept[r][layer][0][0], kept[r][layer][1][0]
             layers.append((keys, values))
-        mask = torch.zeros((len(prompts), past + tail), dtype=torch.long, device=device)
-        for r, n in enumerate(lengths):
-            mask[r, past - n:] = 1
-        ids = torch.tensor([[p[-1], *shared] for p in prompts], device=device)
-        positions = torch.tensor(lengths, device=device)[:, None] + torch.arange(tail, device=device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         cache=DynamicCache(layers, config=self._base_config()), use_cache=True)
-        return out, mask
+        return DynamicCache(layers, config=self._base_config())
 
     def _score_cached(self, prompt: list[int], cands: list[list[int]], batch_size: int) -> list[float]:
         if not cands:
