@@ -157,3 +157,31 @@ def test_efficiency_ranking_count_matches_the_tokens_score_runs(tmp_path):
     shared = width - max(lengths)
     per_token = layer_flops(s, 1, 0)["linear"] * s["layers"]
     assert flops["linear"] == per_token * (sum(n + shared for n in lengths) + len(prompts) * packed)
+
+
+def test_back_to_back_ratio_pools_pairs_and_widens_its_interval_with_their_spread():
+    from back_to_back import ratio_summary
+
+    steady = ratio_summary([700.0, 720.0, 710.0], [400.0, 410.0, 405.0])
+    assert steady["ratios"] == pytest.approx([1.75, 720 / 410, 710 / 405])
+    assert steady["pooled"] == pytest.approx(2130 / 1215)
+    low, high = steady["interval"]
+    assert low < steady["geometric_mean"] < high and high / low < 1.02
+    noisy = ratio_summary([700.0, 800.0, 650.0], [400.0, 410.0, 450.0])
+    assert noisy["interval"][1] / noisy["interval"][0] > high / low
+    assert ratio_summary([700.0], [400.0])["interval"] is None  # one pair: no interval
+    with pytest.raises(ValueError, match="same positive number"):
+        ratio_summary([700.0, 710.0], [400.0])
+
+
+def test_back_to_back_marks_a_figure_outside_the_other_versions_interval():
+    from back_to_back import compare_figures
+
+    base = {"teacher": {"top1": 0.983, "top1_ci": [0.911, 0.997]}, "orpo": {"top1": 0.233, "top1_ci": [0.133, 0.35]}}
+    same = compare_figures(base, base)
+    assert [row["figure"] for row in same] == ["teacher top1", "orpo top1"] and all(r["within"] for r in same)
+    moved = compare_figures(base, {**base, "orpo": {"top1": 0.4, "top1_ci": [0.28, 0.52]}})
+    assert [r["within"] for r in moved] == [True, False]
+    # A figure without an interval compares by equality; one only a version reports is left out.
+    flat = compare_figures({"orpo": {"well_formed": 1.0}}, {"orpo": {"well_formed": 0.98}, "base": {"top1": 0.0}})
+    assert [(r["figure"], r["within"]) for r in flat] == [("orpo well_formed", False)]
