@@ -16,6 +16,7 @@ figure outside the other version's interval. Nothing else should run meanwhile: 
 when the CPUs are busy just before a run.
 
     python benchmarks/back_to_back.py --baseline e0cd770 --pairs 2 --json
+    python benchmarks/back_to_back.py --baseline e0cd770 --first baseline --pairs 1
     python benchmarks/back_to_back.py --baseline e0cd770 --candidate HEAD -- --seed 1   # args after -- go to mint run
 
 A demo pair takes ~20 minutes on a 2-core host. Only committed code is compared (clean clones).
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import site
 import subprocess
 import sys
@@ -95,17 +97,18 @@ def prepare(rev: str, work: Path, name: str) -> tuple[Path, Path, str]:
         _git("clone", "--quiet", str(REPO), str(clone))
     _git("checkout", "--quiet", "--force", commit, cwd=clone)
     venv = clone / ".venv"
-    if not (venv / "bin" / "mint").exists():
+    python = venv / "bin" / "python"
+    if not python.exists():
         # No pip or setuptools of its own: this interpreter's (and torch, transformers, ...) are seen
         # through a .pth file. A path added there is searched after the venv's own, and its .pth files
         # (this checkout's editable install) are not run, so the clone's install is the one imported.
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-        packages = Path(subprocess.run([str(venv / "bin" / "python"), "-c",
-                                        "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        packages = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                        check=True, capture_output=True, text=True).stdout.strip())
         (packages / "_mint_parent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
-                        "--no-build-isolation", "--disable-pip-version-check", "-e", str(clone)], check=True)
+    # Every time: a reused clone may now hold a commit with other entry points.
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-e", str(clone)], check=True)
     return clone, venv / "bin" / "mint", commit
 
 
@@ -130,14 +133,15 @@ def busy_share(seconds: float = 1.0) -> float | None:
 def run_once(clone: Path, mint: Path, run_args: Sequence[str], log: Path) -> dict[str, Any]:
     """One fresh ``mint run`` in ``clone``: wall seconds, exit status, and the run's metrics.json."""
     runs = clone / "runs"
-    subprocess.run(["rm", "-rf", str(runs)], check=True)
+    shutil.rmtree(runs, ignore_errors=True)
     busy = busy_share()
     if busy is not None and busy > 0.25:
         print(f"warning: the CPUs were {busy:.0%} busy just before a timed run: something else is running",
               file=sys.stderr)
     start = time.perf_counter()
     with log.open("w") as out:
-        status = subprocess.run([str(mint), "run", *run_args], cwd=clone, stdout=out, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run([str(mint), "run", *run_args], cwd=clone, stdout=out,
+                                stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - start
     metrics = next(iter(sorted(runs.glob("*/metrics.json"))), None)
     return {"seconds": seconds, "status": status, "log": str(log), "busy_before": busy,
@@ -149,10 +153,13 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="commit (or ref) to compare against, e.g. e0cd770")
     parser.add_argument("--candidate", default="HEAD", help="commit (or ref) measured (default HEAD)")
     parser.add_argument("--pairs", type=int, default=2, help="back-to-back pairs; the order alternates (default 2)")
+    parser.add_argument("--first", choices=("candidate", "baseline"), default="candidate",
+                        help="which version runs first in the first pair (then the order alternates)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the clones live (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    args, run_args = parser.parse_known_args()
-    run_args = [a for a in run_args if a != "--"]
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, run_args = parser.parse_args(argv[:split]), argv[split + 1:]  # after --: mint run's own
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="mint-b2b-"))
@@ -161,7 +168,8 @@ def main() -> None:
                 "candidate": prepare(args.candidate, work, "candidate")}
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "candidate": []}
     for pair in range(args.pairs):
-        order = ("candidate", "baseline") if pair % 2 == 0 else ("baseline", "candidate")
+        order = (args.first, "baseline" if args.first == "candidate" else "candidate")
+        order = order if pair % 2 == 0 else order[::-1]
         for who in order:
             clone, mint, _ = versions[who]
             result = run_once(clone, mint, run_args, work / f"{who}-{pair}.log")
