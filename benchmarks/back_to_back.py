@@ -47,7 +47,12 @@ FIGURES = (("teacher", "top1"), ("base", "rank_top1"), ("base", "rank_top10"), (
 # -- statistics (tested in tests/test_benchmarks.py) -------------------------------------------
 def ratio_summary(baseline_s: Sequence[float], candidate_s: Sequence[float], level: float = 0.95) -> dict[str, Any]:
     """Per-pair ratios baseline/candidate, the pooled ratio (sum over sum), and a t-interval on the mean
-    log ratio (``None`` with fewer than 2 pairs). Pairs are the unit: the order alternates within them."""
+    log ratio (``None`` with fewer than 2 pairs). Pairs are the unit: the order alternates within them.
+
+    Not :func:`mint_core.stats.ratio_interval`'s bootstrap: over the 2-4 pairs a session affords,
+    resampling pairs gives a handful of distinct values and an interval far too narrow (2 pairs: 3
+    values); the t-interval widens with few pairs as it should.
+    """
     from scipy import stats
 
     if len(baseline_s) != len(candidate_s) or not baseline_s:
@@ -56,10 +61,8 @@ def ratio_summary(baseline_s: Sequence[float], candidate_s: Sequence[float], lev
     logs = [math.log(r) for r in ratios]
     interval = None
     if len(logs) >= 2:
-        mean = sum(logs) / len(logs)
-        spread = stats.tstd(logs) / math.sqrt(len(logs)) if len(set(logs)) > 1 else 0.0
-        low, high = (stats.t.interval(level, len(logs) - 1, loc=mean, scale=spread) if spread
-                     else (mean, mean))
+        mean, spread = sum(logs) / len(logs), float(stats.sem(logs))
+        low, high = stats.t.interval(level, len(logs) - 1, loc=mean, scale=spread) if spread > 0 else (mean, mean)
         interval = [math.exp(low), math.exp(high)]
     return {"ratios": ratios, "pooled": sum(baseline_s) / sum(candidate_s),
             "geometric_mean": math.exp(sum(logs) / len(logs)), "interval": interval, "level": level}
@@ -74,14 +77,19 @@ def compare_figures(baseline: dict[str, Any], candidate: dict[str, Any]) -> list
         if key not in a or key not in b:
             continue
         a_ci, b_ci = a.get(f"{key}_ci"), b.get(f"{key}_ci")
-
-        def inside(value: float, ci: Sequence[float] | None, other: float) -> bool:
-            return value == other if not ci else ci[0] - 1e-12 <= value <= ci[1] + 1e-12
-
         rows.append({"figure": f"{role} {key}", "baseline": a[key], "baseline_ci": a_ci, "candidate": b[key],
                      "candidate_ci": b_ci,
-                     "within": inside(b[key], a_ci, a[key]) and inside(a[key], b_ci, b[key])})
+                     "within": _inside(b[key], a_ci, a[key]) and _inside(a[key], b_ci, b[key])})
     return rows
+
+
+def _inside(value: float, ci: Sequence[float] | None, other: float) -> bool:
+    """``value`` lies in the interval ``ci`` (saved rounded, hence the slack); without one, equals ``other``."""
+    return value == other if not ci else ci[0] - 1e-12 <= value <= ci[1] + 1e-12
+
+
+def _shown(value: float, ci: Sequence[float] | None) -> str:
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 # -- clones and runs ---------------------------------------------------------------------------
@@ -190,11 +198,8 @@ def main() -> None:
     print(f"  pooled ratio {summary['pooled']:.3f}"
           + (f", 95% interval of the mean ratio [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""))
     for row in figures:
-        def shown(value: float, ci: Sequence[float] | None) -> str:
-            return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-        print(f"  {row['figure']:<18} baseline {shown(row['baseline'], row['baseline_ci']):<24} candidate "
-              f"{shown(row['candidate'], row['candidate_ci']):<24}{'' if row['within'] else '  OUTSIDE'}")
+        print(f"  {row['figure']:<18} baseline {_shown(row['baseline'], row['baseline_ci']):<24} candidate "
+              f"{_shown(row['candidate'], row['candidate_ci']):<24}{'' if row['within'] else '  OUTSIDE'}")
     if args.json:
         print(json.dumps({"baseline": versions["baseline"][2], "candidate": versions["candidate"][2],
                           "run_args": run_args, "work_dir": str(work), **summary,
