@@ -340,7 +340,23 @@ def _show(all_metrics: dict[str, dict[str, Any]], title: str = "MINT results", r
 
 
 def main() -> None:
-    cli(prog_name="mint")
+    from mint_core import distributed
+
+    if not distributed.active():
+        cli(prog_name="mint")
+        return
+    # Under a launcher: end without the interpreter's finalization (distributed.exit_process says why).
+    try:
+        cli(prog_name="mint")
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - shown as Python would, then the process ends with 1
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    distributed.exit_process(status)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ torch is imported only when several processes run.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import sys
 from datetime import timedelta
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 from mint_core.registry import MintError
 
@@ -98,6 +100,28 @@ def _leave_group() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(status: int) -> NoReturn:
+    """End a process of a multi-process run with ``status``, skipping the interpreter's finalization.
+
+    Leaving the group at exit (:func:`setup`) was not enough: a CI run (on eea0ccd) still aborted with
+    "terminate called without an active exception" after the last method had trained and written
+    everything, because a library's C++ thread was still tearing down when Python finalized. So
+    every output is flushed, the log files closed and the group left here, and the process then
+    ends at once (``os._exit``): nothing is left for finalization to race with.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to save
+            pass
+    logging.shutdown()
+    try:
+        _leave_group()
+    except Exception:  # noqa: BLE001 - a peer already gone; the status still has to reach the launcher
+        pass
+    os._exit(status)
 
 
 def barrier() -> None:

@@ -50,3 +50,7 @@ def main(run_dir: Path, out: Path, batch_size: int) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
+    from mint_core import distributed
+
+    if distributed.active():  # as the mint CLI ends under a launcher (distributed.exit_process)
+        distributed.exit_process(0)

@@ -185,3 +185,41 @@ def test_back_to_back_marks_a_figure_outside_the_other_versions_interval():
     # A figure without an interval compares by equality; one only a version reports is left out.
     flat = compare_figures({"orpo": {"well_formed": 1.0}}, {"orpo": {"well_formed": 0.98}, "base": {"top1": 0.0}})
     assert [(r["figure"], r["within"]) for r in flat] == [("orpo well_formed", False)]
+
+
+def test_decode_bound_drafting_saves_steps_only_where_a_row_repeats_what_was_written():
+    from decode_bound import simulate_drafting
+
+    distinct = [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13]]
+    assert simulate_drafting(distinct, 0) == [2] * 5 + [2] * 3  # finished rows still take a row
+    assert simulate_drafting(distinct, 4) == simulate_drafting(distinct, 0)  # nothing to look up
+    # The batch takes as many steps as its longest row. The long row writes the short row's phrase
+    # after the short one has written it: from its first three tokens on, it drafts the rest and
+    # keeps every draft (4 a step here).
+    short = [1, 2, 3, 4, 5, 6, 7, 8]
+    long = [20, 21, 22, 23, 24, 25, 1, 2, 3, 4, 5, 6, 7, 8]
+    plain = simulate_drafting([short, long], 0)
+    drafted = simulate_drafting([short, long], 4)
+    assert len(plain) == 14
+    assert len(drafted) == 10  # 9 steps to write 20 ... 3, then one writes 4 to 8 (4 drafts kept)
+    assert drafted == [2] * 9 + [1 + 1 + 4]  # the last: the finished row, the long row, its 4 drafts
+
+
+def test_decode_bound_drafts_that_do_not_match_cost_rows_and_save_no_step():
+    from decode_bound import simulate_drafting
+
+    # Both rows write 1 2 3 and then differ: the follower's lookup of (1, 2, 3) drafts the leader's
+    # continuation, which it does not write.
+    lead = [1, 2, 3, 4, 5, 6, 7, 8]
+    follow = [10, 11, 12, 13, 14, 1, 2, 3, 9, 15, 16]
+    plain = simulate_drafting([lead, follow], 0)
+    drafted = simulate_drafting([lead, follow], 3)
+    assert len(drafted) == len(plain)
+    assert sum(drafted) > sum(plain)
+
+
+def test_decode_bound_interpolates_the_products_and_adds_the_rest_per_step():
+    from decode_bound import decoding_seconds
+
+    products = {60: 1.0, 120: 1.5}
+    assert decoding_seconds([60, 90, 240], products, 0.5) == pytest.approx(1.5 + 1.75 + 3.5)
