@@ -25,6 +25,7 @@ same label names), and keeps the drafts that match its greedy answer (an exact v
 exactly those). Each step then costs ``products(rows drafted + R) + rest``, interpolated from the
 measured products; finished rows still take a row, as in ``generate``. The estimate leaves out
 the drafter's own time and the attention's growth with the extra rows, so it is optimistic too.
+Steps are the base student's (an adapted student's LoRA branches add to ``rest``).
 
     python benchmarks/decode_bound.py --run-dir runs/rare-disease-gestalt-orpo --json
 """
@@ -143,7 +144,11 @@ def decoding_seconds(rows_per_step: list[int], products: dict[int, float], rest:
 
 
 def saved_answers(run_dir: Path, sm, max_new_tokens: int) -> dict[str, list[list[int]]]:
-    """Each evaluated role's greedy answers in the run directory, as the token ids ``generate`` wrote."""
+    """Each evaluated role's greedy answers in the run directory, tokenized again with the end token.
+
+    The saved text is stripped and decoded without special tokens, so a row may differ from the
+    ids ``generate`` wrote by a token at its ends; the step count moves by as much.
+    """
     from mint_core import io
 
     out = {}

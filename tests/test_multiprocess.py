@@ -114,6 +114,18 @@ DIFFERENT = {
 }
 
 
+def test_a_command_that_fails_under_a_launcher_fails_with_its_message(tmp_path):
+    """Under torchrun the CLI ends through ``distributed.exit_process``: the error still reaches the
+    terminal (streams flushed before ``os._exit``) and the status still says it failed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "mint_core.cli", "run", "--run-dir", str(tmp_path / "run"), "--teacher", "pathclp"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Did you mean 'pathclip'?" in done.stdout + done.stderr
+    assert "exitcode  : 2" in done.stdout + done.stderr  # torchrun's report: the CLI's own status
+
+
 def test_mint_run_on_two_processes_writes_what_one_writes(student, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     # Both with one thread a process: the teacher's figures depend on the thread count, not on MINT.
