@@ -2,8 +2,8 @@
 
 Speculative decoding drafts C tokens a row and verifies them in one forward, keeping the greedy
 ones. It pays where a step's cost does not grow with its rows (a GPU reading its weights at small
-batch). On a CPU the products of a 60-row step may already run at their full rate, and then C
-drafts cost about C times the products. This measures, in one process, on the demo's student and
+batch). On a CPU the products of a 60-row step may already run near their full rate, and then C
+drafts cost nearly C times the products. This measures, in one process, on the demo's student and
 its 60 test prompts (left-padded, one batch, after the prefill, as ``LlamaTextModel.generate``):
 
 1. ``step``: a real decoding step at R rows (median over ``--steps`` steps, by the clock);
@@ -82,9 +82,9 @@ def decode_step_seconds(sm, prompts, steps: int) -> float:
 
     rows = [sm.prompt_ids(p) for p in prompts]
     ids, mask = sm._left_pad(rows)
-    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate numbers them
     cache = ReservedCache(capacity=ids.shape[1] + steps + 2)
-    out = sm.model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+    out = sm.model(input_ids=ids, attention_mask=mask, position_ids=position, cache=cache,
                    use_cache=True, logits_to_keep=1)
     times = []
     for _ in range(steps):
@@ -92,7 +92,7 @@ def decode_step_seconds(sm, prompts, steps: int) -> float:
         token = out.logits[:, -1].float().argmax(-1, keepdim=True)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         position = position[:, -1:] + 1
-        out = sm.model(input_ids=token, attention_mask=mask, position_ids=position, past_key_values=cache,
+        out = sm.model(input_ids=token, attention_mask=mask, position_ids=position, cache=cache,
                        use_cache=True, logits_to_keep=1)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
