@@ -143,32 +143,24 @@ def decoding_seconds(rows_per_step: list[int], products: dict[int, float], rest:
     return total
 
 
-def saved_answers(run_dir: Path, sm, max_new_tokens: int) -> dict[str, list[list[int]]]:
-    """Each evaluated role's greedy answers in the run directory, tokenized again with the end token.
+def saved_answers(run, sm, max_new_tokens: int) -> dict[str, list[list[int]]]:
+    """Each evaluated role's greedy answers in ``run``, tokenized again with the end token.
 
     The saved text is stripped and decoded without special tokens, so a row may differ from the
     ids ``generate`` wrote by a token at its ends; the step count moves by as much.
     """
-    from mint_core import io
-
     out = {}
-    for path in sorted((run_dir / "predictions").glob("*.jsonl")):
-        rows = [row for row in io.read_jsonl(path) if "answer" in row]
+    for role in sorted(path.stem for path in (run.run_dir / "predictions").glob("*.jsonl")):
+        rows = [row for row in run.load_predictions(role) if "answer" in row]
         if rows:
-            out[path.stem] = [sm.completion_ids(row["answer"], end=True)[:max_new_tokens] for row in rows]
+            out[role] = [sm.completion_ids(row["answer"], end=True)[:max_new_tokens] for row in rows]
     return out
 
 
-def measure(run_dir: Path, dtype: torch.dtype, steps: int, repeats: int, max_new_tokens: int = 160) -> dict:
-    from mint_core.config import load_config_file
-    from mint_core.pipeline import Run
-    from mint_core.registry import get_registry
-
-    run = Run(registry=get_registry(), config=load_config_file(run_dir / "config.yaml"), run_dir=run_dir)
-    data, task = run.load_data(), run.component("task")
-    prompts = [task.prompt(case=c, n_answers=10) for c in data.split("test")]
-    sm = run.component("student").load(ctx=run.ctx, adapter_dir=None)
-    sm.inference_dtype = dtype
+def measure(sm, prompts, dtype: torch.dtype, steps: int, repeats: int,
+            schedules: dict[str, dict[int, list[int]]]) -> dict:
+    """Step, products and rest in ``dtype``; the bound; and each role's drafting ``schedules`` costed."""
+    sm.inference_dtype = dtype  # the student casts itself on its next inference
     rows = len(prompts)
     with sm._inference():
         step = decode_step_seconds(sm, prompts, steps)
@@ -176,11 +168,11 @@ def measure(run_dir: Path, dtype: torch.dtype, steps: int, repeats: int, max_new
     rest = step - products[rows]
     bounds = {c: (1 + c) * step / (products[rows * (1 + c)] + rest) for c in DRAFTS}
     drafting = {}
-    for role, answers in saved_answers(run_dir, sm, max_new_tokens).items():
-        plain = simulate_drafting(answers, 0)
+    for role, by_drafts in schedules.items():
+        plain = by_drafts[0]
         drafting[role] = {"plain": {"steps": len(plain), "seconds": decoding_seconds(plain, products, rest)}}
         for c in DRAFTS:
-            drafted = simulate_drafting(answers, c)
+            drafted = by_drafts[c]
             drafting[role][str(c)] = {"steps": len(drafted), "rows_per_step": sum(drafted) / len(drafted),
                                       "seconds": decoding_seconds(drafted, products, rest)}
     return {"dtype": str(dtype).replace("torch.", ""), "rows": rows, "step_s": step,
@@ -193,16 +185,22 @@ def main() -> None:
     parser.add_argument("--run-dir", help="a demo run directory (default: build one, as efficiency.py)")
     parser.add_argument("--steps", type=int, default=24, help="decoding steps timed")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per product shape")
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="the answers' cap (eval.max_new_tokens)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    run_dir = demo_run_dir(args.run_dir)
-    dtypes = [torch.float32]
     from mint_core import prepacked
+    from mint_core.predict import open_run
 
-    if prepacked.supported():
-        dtypes.append(torch.bfloat16)
+    run = open_run(demo_run_dir(args.run_dir))
+    data, task = run.load_data(), run.component("task")
+    prompts = [task.prompt(case=c, n_answers=10) for c in data.split("test")]
+    sm = run.component("student").load(ctx=run.ctx, adapter_dir=None)
+    # The drafting schedules depend on the answers only: simulated once, costed in each dtype.
+    schedules = {role: {c: simulate_drafting(answers, c) for c in (0, *DRAFTS)}
+                 for role, answers in saved_answers(run, sm, args.max_new_tokens).items()}
+    dtypes = [torch.float32, *([torch.bfloat16] if prepacked.supported() else [])]  # fp32 first: bf16 casts
     results = {"cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
-               "dtypes": [measure(run_dir, d, args.steps, args.repeats) for d in dtypes]}
+               "dtypes": [measure(sm, prompts, d, args.steps, args.repeats, schedules) for d in dtypes]}
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -350,7 +350,11 @@ def main() -> None:
         cli(prog_name="mint")
         status = 0
     except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is None or isinstance(exc.code, int):
+            status = exc.code or 0
+        else:  # sys.exit("message"): Python would print it and end with 1
+            print(exc.code, file=sys.stderr)
+            status = 1
     except BaseException:  # noqa: BLE001 - shown as Python would, then the process ends with 1
         import traceback
 
