@@ -12,8 +12,10 @@ is shared, as a user's is).
 It prints each pair's wall times and ratio (baseline / candidate: above 1 = the candidate is faster),
 the pooled ratio (sum over sum) with a 95% t-interval on the mean log ratio (from 2 pairs up: with 2
 it is wide, as it should be), and each version's test figures with their intervals, marking any
-figure outside the other version's interval. Nothing else should run meanwhile: the script warns
-when the CPUs are busy just before a run.
+figure outside the other version's interval. Every pair's figures are compared, not only the last
+pair's shown: it names any figure outside the other version's interval in some pair, and any figure
+of a version that moved between its runs (the same seed must give the same numbers). Nothing else
+should run meanwhile: the script warns when the CPUs are busy just before a run.
 
     python benchmarks/back_to_back.py --baseline e0cd770 --pairs 2 --json
     python benchmarks/back_to_back.py --baseline e0cd770 --first baseline --pairs 1
@@ -81,6 +83,17 @@ def compare_figures(baseline: dict[str, Any], candidate: dict[str, Any]) -> list
                      "candidate_ci": b_ci,
                      "within": _inside(b[key], a_ci, a[key]) and _inside(a[key], b_ci, b[key])})
     return rows
+
+
+def differing_figures(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The :data:`FIGURES` whose value is not the same in every one of ``runs`` (one version's
+    metrics.json, run after run): the same seed must give the same numbers, so any name here is a defect."""
+    names = []
+    for role, key in FIGURES:
+        values = {run.get(role, {}).get(key) for run in runs}
+        if len(values) > 1:
+            names.append(f"{role} {key}")
+    return names
 
 
 def _inside(value: float, ci: Sequence[float] | None, other: float) -> bool:
@@ -186,7 +199,12 @@ def main() -> None:
             runs[who].append({**result, "pair": pair, "first": who == order[0]})
             print(f"pair {pair} {who}: {result['seconds']:.1f} s", file=sys.stderr, flush=True)
     summary = ratio_summary([r["seconds"] for r in runs["baseline"]], [r["seconds"] for r in runs["candidate"]])
-    figures = compare_figures(runs["baseline"][-1]["metrics"], runs["candidate"][-1]["metrics"])
+    # Every pair's figures are compared (a version whose numbers moved between its runs is reported,
+    # and a figure outside the other version's interval in any pair is marked), the last pair's shown.
+    by_pair = [compare_figures(b["metrics"], c["metrics"]) for b, c in zip(runs["baseline"], runs["candidate"])]
+    figures = by_pair[-1]
+    outside = sorted({row["figure"] for rows in by_pair for row in rows if not row["within"]})
+    differing = {who: differing_figures([r["metrics"] for r in runs[who]]) for who in runs}
     print(f"baseline {versions['baseline'][2][:10]}, candidate {versions['candidate'][2][:10]}, "
           f"mint run {' '.join(run_args) or '(no flags)'}")
     for pair in range(args.pairs):
@@ -197,15 +215,21 @@ def main() -> None:
     interval = summary["interval"]
     print(f"  pooled ratio {summary['pooled']:.3f}"
           + (f", 95% interval of the mean ratio [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""))
+    print(f"  test figures of pair {args.pairs - 1} (OUTSIDE: not in the other version's interval):")
     for row in figures:
         print(f"  {row['figure']:<18} baseline {_shown(row['baseline'], row['baseline_ci']):<24} candidate "
               f"{_shown(row['candidate'], row['candidate_ci']):<24}{'' if row['within'] else '  OUTSIDE'}")
+    for who in runs:
+        print(f"  {who}: " + (f"figures differ between its {args.pairs} runs: {', '.join(differing[who])}"
+                              if differing[who] else f"the same figures in all {args.pairs} runs"))
+    print("  outside the other version's interval in some pair: " + (", ".join(outside) or "none"))
     if args.json:
         print(json.dumps({"baseline": versions["baseline"][2], "candidate": versions["candidate"][2],
                           "run_args": run_args, "work_dir": str(work), **summary,
                           "seconds": {k: [r["seconds"] for r in v] for k, v in runs.items()},
                           "first": {k: [r["first"] for r in v] for k, v in runs.items()},
-                          "figures": figures}))
+                          "figures": figures, "figures_by_pair": by_pair, "outside_in_any_pair": outside,
+                          "differing_between_runs": differing}))
 
 
 if __name__ == "__main__":

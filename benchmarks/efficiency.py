@@ -233,11 +233,9 @@ def measure_training(run_dir: Path, steps: int, warmup: int, profile: int = 0,
 
 
 def measure_generation(run_dir: Path, cases: int, batch_size: int) -> dict:
-    from mint_core.config import load_config_file
-    from mint_core.pipeline import Run
-    from mint_core.registry import get_registry
+    from mint_core.predict import open_run
 
-    run = Run(registry=get_registry(), config=load_config_file(run_dir / "config.yaml"), run_dir=run_dir)
+    run = open_run(run_dir)
     data, task = run.load_data(), run.component("task")
     picked = data.split("test")[:cases]
     prompts = [task.prompt(case=c, n_answers=10) for c in picked]

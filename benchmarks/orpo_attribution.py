@@ -83,13 +83,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from mint_core import io
-    from mint_core.config import load_config_file
-    from mint_core.pipeline import Run
-    from mint_core.registry import get_registry
+    from mint_core.predict import open_run
     from mint_core.types import PreferenceExample
 
     run_dir = Path(args.run_dir)
-    run = Run(registry=get_registry(), config=load_config_file(run_dir / "config.yaml"), run_dir=run_dir)
+    run = open_run(run_dir)
     examples = io.read_jsonl(run_dir / "preferences.jsonl", parse=PreferenceExample.from_dict)[:args.pairs]
     student = run.component("student")
     result = {"run_dir": str(run_dir), "students": {}}

@@ -187,6 +187,17 @@ def test_back_to_back_marks_a_figure_outside_the_other_versions_interval():
     assert [(r["figure"], r["within"]) for r in flat] == [("orpo well_formed", False)]
 
 
+def test_back_to_back_names_a_figure_that_moved_between_one_versions_runs():
+    from back_to_back import differing_figures
+
+    run = {"teacher": {"top1": 0.983}, "orpo": {"top1": 0.233, "rank_top1": 0.2}}
+    assert differing_figures([run, run, dict(run)]) == []
+    moved = {**run, "orpo": {"top1": 0.25, "rank_top1": 0.2}}
+    assert differing_figures([run, moved]) == ["orpo top1"]
+    # A figure one run lacks has moved too (a run that stopped before evaluating its student).
+    assert differing_figures([run, {"teacher": {"top1": 0.983}}]) == ["orpo top1", "orpo rank_top1"]
+
+
 def test_decode_bound_drafting_saves_steps_only_where_a_row_repeats_what_was_written():
     from decode_bound import simulate_drafting
 
