@@ -116,6 +116,8 @@ def prepare(rev: str, work: Path, name: str) -> tuple[Path, Path, str]:
     clone = work / name
     if not clone.exists():
         _git("clone", "--quiet", str(REPO), str(clone))
+    else:  # a clone kept from an earlier call: it may not hold commits made since
+        _git("fetch", "--quiet", str(REPO), "+refs/heads/*:refs/remotes/origin/*", cwd=clone)
     _git("checkout", "--quiet", "--force", commit, cwd=clone)
     venv = clone / ".venv"
     python = venv / "bin" / "python"
