@@ -149,8 +149,10 @@ def saved_answers(run, sm, max_new_tokens: int) -> dict[str, list[list[int]]]:
     The saved text is stripped and decoded without special tokens, so a row may differ from the
     ids ``generate`` wrote by a token at its ends; the step count moves by as much.
     """
+    from mint_core.predict import evaluated_roles
+
     out = {}
-    for role in sorted(path.stem for path in (run.run_dir / "predictions").glob("*.jsonl")):
+    for role in evaluated_roles(run):
         rows = [row for row in run.load_predictions(role) if "answer" in row]
         if rows:
             out[role] = [sm.completion_ids(row["answer"], end=True)[:max_new_tokens] for row in rows]

@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rich.console import Console
 
-    from mint_core.config import load_config_file, resolve
     from mint_core.metrics import wilson_intervals as with_intervals
-    from mint_core.pipeline import Run
+    from mint_core.predict import open_run
     from mint_core.registry import get_registry
     from mint_hpo import HpoConfig
     from mint_hpo.scoring import NaiveBayes
@@ -66,8 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
              "notes_and_face_terms": ("hpo_ids", "notes_excluded_hpo_ids")}
     result: dict = {"benchmark": "face_ceiling", "alpha": alpha}
     for run_dir in args.run_dirs:
-        config = resolve(registry, file=load_config_file(run_dir / "config.yaml"))
-        data = Run(registry=registry, config=config, run_dir=run_dir, console=Console(stderr=True, quiet=True)).load_data()
+        run = open_run(run_dir, registry=registry, console=Console(stderr=True, quiet=True))
+        config, data = run.config, run.load_data()
         ids = data.labels.ids
         fit_on, test = data.split("train") + data.split("val"), data.split("test")
         truth = torch.tensor([ids.index(case.label_id) for case in test])

@@ -55,15 +55,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rich.console import Console
 
-    from mint_core.config import load_config_file, resolve
     from mint_core.metrics import wilson_intervals as with_intervals
-    from mint_core.pipeline import Run
-    from mint_core.registry import get_registry
+    from mint_core.predict import open_run
     from mint_rare_disease import hpo
 
-    registry = get_registry()
-    config = resolve(registry, file=load_config_file(args.run_dir / "config.yaml"))
-    run = Run(registry=registry, config=config, run_dir=args.run_dir, console=Console(stderr=True, quiet=True))
+    run = open_run(args.run_dir, console=Console(stderr=True, quiet=True))
     data, rankings = run.load_data(), run.load_rankings()
     ids = data.labels.ids
     facial = {d: [t for t in hpo.disease_terms(d) if hpo.is_facial(t)] for d in ids}

@@ -26,6 +26,7 @@ from mint_core import io
 from mint_core.components import AnswerConstraint, StudentModel, Task
 from mint_core.config import build_config, load_config_file
 from mint_core.registry import MintError, Registry, get_registry
+from mint_core.report import roles_in_order
 from mint_core.types import Case, LabelSpace, Prompt
 
 BASE_ROLE = "base"
@@ -200,6 +201,13 @@ def trained_adapter(run, role: str) -> tuple[Path | None, dict[str, Any] | None]
                         f"'base' is the untrained student). Run 'mint train --optimizer {role}' first.")
     result = io.read_json(result_path)
     return (Path(result["adapter_dir"]) if result.get("adapter_dir") else None), result["optimizer"]
+
+
+def evaluated_roles(run) -> list[str]:
+    """The roles ``run``'s ``metrics.json`` holds whose predictions were saved, in report order (no ``teacher``)."""
+    path = run.run_dir / "metrics.json"
+    return [role for role in roles_in_order(io.read_json(path, expect=dict) if path.exists() else {})
+            if role != "teacher" and run.prediction_paths(role)[0].exists()]
 
 
 class Predictor:

@@ -8,6 +8,7 @@ import core_plugins
 from mint_core import io
 from mint_core.config import parse_overrides, resolve
 from mint_core.pipeline import Run
+from mint_core.predict import evaluated_roles
 from mint_core.report import metrics_tables
 from mint_core.registry import MintError
 from mint_core.testing import invoke, isolated_registry
@@ -48,6 +49,11 @@ def test_eval_saves_scores_intervals_and_deltas(registry, tmp_path):
     assert {d["metric"] for d in deltas} >= {"top1", "rank_top1"}
     report = (tmp_path / "r" / "report.md").read_text()
     assert "## Paired differences" in report and "| counting | base |" in report
+    # Roles with saved predictions, in report order; a predictions file metrics.json does not name is not one.
+    io.write_jsonl(tmp_path / "r" / "predictions" / "stray.jsonl", rows)
+    assert evaluated_roles(run) == ["base", "counting"]
+    run.prediction_paths("counting")[0].unlink()
+    assert evaluated_roles(run) == ["base"]
 
 
 def test_old_run_dir_without_saved_scores_is_reevaluated(registry, tmp_path):
