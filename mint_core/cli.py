@@ -116,8 +116,23 @@ class MintGroup(click.Group):
                 raise
             message = str(exc) if isinstance(exc, MintError) else _os_error_message(exc)
             # The message is plain text: brackets in it ("[1, 3]", a file name) are not rich markup.
-            err_console.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+            err_console.quiet = False  # every process says its error (_error_text says why)
+            err_console.print(_error_text(message), highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code if isinstance(exc, MintError) else 1)
+
+
+def _error_text(message: str) -> Text:
+    """The error line, named by process under a launcher.
+
+    Processes other than 0 print nothing else (``_open_run``), but each prints its error: when process
+    1 fails first, torchrun stops process 0 before it prints the same error (seen in CI on an AVX2
+    host), and an error that only process 1 meets would otherwise not be shown at all.
+    """
+    from mint_core import distributed
+
+    if not distributed.active():
+        return Text.assemble(("Error:", "bold red"), " ", message)
+    return Text.assemble((f"Error (process {distributed.rank()}):", "bold red"), " ", message)
 
 
 def _os_error_message(exc: OSError) -> str:

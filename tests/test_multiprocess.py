@@ -126,6 +126,19 @@ def test_a_command_that_fails_under_a_launcher_fails_with_its_message(tmp_path):
     assert "exitcode  : 2" in done.stdout + done.stderr  # torchrun's report: the CLI's own status
 
 
+def test_a_process_other_than_0_says_its_own_error(tmp_path):
+    """Processes other than 0 print nothing but their error, named by process: under torchrun the
+    first process to fail gets the others stopped, so process 0 may never print the shared error
+    (CI, AVX2 host: the test above saw only torchrun's report), and an error of process 1 alone would
+    vanish. Process 1 of a two-process run, alone: it fails before joining any group."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "mint_core.cli", "run", "--run-dir", str(tmp_path / "run"), "--teacher", "pathclp"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Error (process 1): Unknown teacher 'pathclp'. Did you mean 'pathclip'?" in done.stderr
+    assert not (tmp_path / "run").exists()  # process 0 alone writes
+
+
 def test_mint_run_on_two_processes_writes_what_one_writes(student, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     # Both with one thread a process: the teacher's figures depend on the thread count, not on MINT.
