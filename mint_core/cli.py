@@ -130,9 +130,8 @@ def _error_text(message: str) -> Text:
     """
     from mint_core import distributed
 
-    if not distributed.active():
-        return Text.assemble(("Error:", "bold red"), " ", message)
-    return Text.assemble((f"Error (process {distributed.rank()}):", "bold red"), " ", message)
+    label = f"Error (process {distributed.rank()}):" if distributed.active() else "Error:"
+    return Text.assemble((label, "bold red"), " ", message)
 
 
 def _os_error_message(exc: OSError) -> str:

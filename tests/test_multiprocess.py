@@ -136,7 +136,7 @@ def test_a_process_other_than_0_says_its_own_error(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "Error (process 1): Unknown teacher 'pathclp'. Did you mean 'pathclip'?" in done.stderr
-    assert not (tmp_path / "run").exists()  # process 0 alone writes
+    assert not (tmp_path / "run").exists()  # the bad flag is found before anything is written
 
 
 def test_mint_run_on_two_processes_writes_what_one_writes(student, tmp_path):
