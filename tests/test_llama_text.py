@@ -103,7 +103,7 @@ def test_generate_batch_matches_single(model):
 def test_reserved_cache_gives_the_dynamic_cache_answers(model, monkeypatch, limit):
     from transformers import DynamicCache
 
-    import mint_llama.student as student_module
+    import mint_llama.kv_cache as kv_cache_module
     from mint_llama.kv_cache import ReservedCache
 
     used: list[ReservedCache] = []
@@ -112,10 +112,10 @@ def test_reserved_cache_gives_the_dynamic_cache_answers(model, monkeypatch, limi
         used.append(ReservedCache(capacity=min(capacity, limit)))
         return used[-1]
 
-    monkeypatch.setattr(student_module, "ReservedCache", reserve)
+    monkeypatch.setattr(kv_cache_module, "ReservedCache", reserve)
     reserved = model.generate(prompts=PROMPTS, max_new_tokens=12, batch_size=3)
     assert used and all(c.get_seq_length() > 0 for c in used)  # generate wrote into the cache it was given
-    monkeypatch.setattr(student_module, "ReservedCache", lambda capacity: DynamicCache())
+    monkeypatch.setattr(kv_cache_module, "ReservedCache", lambda capacity: DynamicCache())
     dynamic = model.generate(prompts=PROMPTS, max_new_tokens=12, batch_size=3)
     assert reserved == dynamic and any(reserved)
     # The layer itself: the same keys/values as concatenation, whatever the reserve.
@@ -125,6 +125,31 @@ def test_reserved_cache_gives_the_dynamic_cache_answers(model, monkeypatch, limi
         got, want = cache.update(k, v, 0), plain.update(k, v, 0)
         assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert cache.get_seq_length() == plain.get_seq_length() == 10
+
+
+def test_prefill_by_length_gives_the_one_batch_states_and_answers(model, monkeypatch):
+    import mint_llama.kv_cache as kv_cache_module
+    from mint_llama.kv_cache import prefill_by_length
+
+    prompts = PROMPTS + [Prompt("Short stature."), Prompt("Ataxia, telangiectasia and recurrent infections in a child.")]
+    rows = [model.prompt_ids(p) for p in prompts]
+    assert len({len(row) for row in rows}) == len(rows)  # every group pads differently
+    width = max(len(row) for row in rows)
+    with model._inference():
+        one = prefill_by_length(model.model, rows, pad_id=model.pad_token_id, capacity=width, rows_per_group=len(rows))
+        groups = prefill_by_length(model.model, rows, pad_id=model.pad_token_id, capacity=width, rows_per_group=2)
+    assert one.get_seq_length() == groups.get_seq_length() == width - 1
+    for a, b in zip(one.layers, groups.layers):
+        for r, row in enumerate(rows):
+            real = slice(width - len(row), width - 1)
+            torch.testing.assert_close(b.keys[r, :, real], a.keys[r, :, real], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(b.values[r, :, real], a.values[r, :, real], rtol=1e-5, atol=1e-6)
+            # before the row's first token: zeros, masked as padding
+            assert not b.keys[r, :, :width - len(row)].any() and not b.values[r, :, :width - len(row)].any()
+    together = model.generate(prompts=prompts, max_new_tokens=12, batch_size=len(prompts))
+    monkeypatch.setattr(kv_cache_module, "PREFILL_ROWS", 2)  # three groups of the five prompts
+    assert model.generate(prompts=prompts, max_new_tokens=12, batch_size=len(prompts)) == together
+    assert any(together)
 
 
 def test_cached_score_matches_naive(model):

@@ -16,8 +16,13 @@ def _inputs(n: int, hidden: int = 24, size: int = 301):
     return states, weight, targets
 
 
+def _chunks_of(monkeypatch, rows: int) -> None:
+    monkeypatch.setattr(vocab, "CHUNK", rows)
+    monkeypatch.setattr(vocab, "CHUNK_FP32", rows)
+
+
 def test_chunks_give_the_plain_log_softmax_and_its_gradient(monkeypatch):
-    monkeypatch.setattr(vocab, "CHUNK", 16)
+    _chunks_of(monkeypatch, 16)
     states, weight, targets = _inputs(16 * 3 + 5)  # three full chunks and a short last one
     mine = states.clone().requires_grad_()
     out = vocab.token_log_probs(mine, weight, targets)
@@ -34,7 +39,7 @@ def test_the_chunk_size_does_not_change_the_values(monkeypatch, dtype):
     states, weight, targets = _inputs(70)
     results = []
     for chunk in (8, 32, 256):
-        monkeypatch.setattr(vocab, "CHUNK", chunk)
+        _chunks_of(monkeypatch, chunk)
         mine = states.clone().requires_grad_()
         out = vocab.token_log_probs(mine, weight, targets, dtype)
         out.sum().backward()

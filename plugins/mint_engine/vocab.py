@@ -23,19 +23,28 @@ import torch
 
 from mint_core import prepacked
 
-#: Tokens per chunk: ~50 MB of fp32 logits for a 49k vocabulary. The size only sets the products'
-#: shapes: each row's softmax is its own, so values and gradients are bit-identical at the demo's
-#: shapes (bf16 and fp32), though the BLAS may pick another kernel for another row count (1e-7,
-#: tested). 1,067 tokens forward and backward on an AVX512-BF16 host, alternating (benchmarks/
-#: README.md, 2026-12-06): bf16 0.521 s at 128, 0.469 at 256, 0.493 at 512; fp32 1.154 / 1.085 / 1.021.
+#: Tokens per chunk when the products run in bf16/fp16 (``CHUNK_FP32`` in fp32): ~50 MB of fp32
+#: logits for a 49k vocabulary at 256. The size only sets the products' shapes: each row's softmax is
+#: its own, so values and gradients are bit-identical at the demo's shapes (bf16 and fp32), though
+#: the BLAS may pick another kernel for another row count (1e-7, tested). Forward and backward,
+#: alternating (benchmarks/README.md): 1,067 tokens on an AVX512-BF16 host (2026-12-06), bf16 0.521 s
+#: at 128, 0.469 at 256, 0.493 at 512; fp32 1.154 / 1.085 / 1.021. 1,482 tokens (a demo step's) in
+#: fp32 on an AVX2 host (2026-12-08, medians of 7): 1.535 at 256, 1.443 at 512, 1.473 at 1,024.
 CHUNK = 256
+CHUNK_FP32 = 512
+
+
+def chunk_rows(dtype: torch.dtype) -> int:
+    """Tokens per chunk for products in ``dtype``."""
+    return CHUNK_FP32 if dtype == torch.float32 else CHUNK
 
 
 class _TokenLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         need_grad = ctx.needs_input_grad[0]
-        n, size = hidden.shape[0], min(CHUNK, hidden.shape[0])
+        chunk = chunk_rows(hidden.dtype)
+        n, size = hidden.shape[0], min(chunk, hidden.shape[0])
         out = hidden.new_empty(n, dtype=torch.float32)
         jacobian = hidden.new_empty(hidden.shape, dtype=torch.float32) if need_grad else None
         # One set of chunk buffers, reused: a fresh 50 MB tensor per chunk costs its page faults,
@@ -45,8 +54,8 @@ class _TokenLogProbs(torch.autograd.Function):
         weight_t = weight.t()
         # softmax @ W on the transposed weight reordered once (bit-identical; mint_core.prepacked).
         packed_t = _reordered_transpose(weight) if need_grad else None
-        for start in range(0, n, CHUNK):
-            stop = min(start + CHUNK, n)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
             rows = stop - start
             z, z_raw, target = logits[:rows], raw[:rows], targets[start:stop]
             torch.mm(hidden[start:stop], weight_t, out=z_raw)

@@ -22,7 +22,7 @@ from mint_core.prepacked import prepacked
 from mint_core.registry import MintError
 from mint_core.types import Prompt
 from mint_llama.config import LlamaTextConfig
-from mint_llama.kv_cache import ReservedCache
+from mint_llama.kv_cache import ReservedCache, left_pad, prefill_by_length
 from mint_llama.resolve import SMOLLM2_CHAT_TEMPLATE, Resolved, resolve_model
 
 if TYPE_CHECKING:
@@ -222,8 +222,10 @@ class LlamaTextModel(StudentModel):
                 input_ids, attention_mask = self._left_pad(rows)
                 constraint = {} if allowed_answers is None else {
                     "prefix_allowed_tokens_fn": self._answer_constraint(allowed_answers, input_ids.shape[1])}
-                # In-place KV writes instead of DynamicCache's per-step concatenation (same numbers; kv_cache.py).
-                cache = ReservedCache(capacity=input_ids.shape[1] + max_new_tokens)
+                # The prompts prefilled by length, a few at a time, into a cache written in place
+                # instead of DynamicCache's per-step concatenation (the same answers; kv_cache.py).
+                cache = prefill_by_length(self.model, rows, pad_id=self.pad_token_id,
+                                          capacity=input_ids.shape[1] + max_new_tokens)
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                           generation_config=gen_config, cache=cache, **constraint)
                 if self._kept_prompts is not None:
@@ -251,14 +253,7 @@ class LlamaTextModel(StudentModel):
         return prefix_allowed_tokens_fn(self._automaton, prompt_width)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(row) for row in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            if row:
-                ids[i, width - len(row):] = torch.tensor(row)
-                mask[i, width - len(row):] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return left_pad(rows, pad_id=self.pad_token_id, device=self.device)
 
     def _right_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(1, max(len(row) for row in rows))
