@@ -12,6 +12,9 @@ Measured on the demo's 60 answers (batch 64, alternating runs, benchmarks/README
 fp32, 2-core AVX2 CPU 71.6 / 79.4 s -> 62.2-66.2 s (4 runs). On AVX512-BF16 hosts no difference
 beyond the run-to-run spread, fp32 (DynamicCache 59.0 / 65.7 s, reserved 60.8 / 62.2) nor bf16; nor
 for the base student's longer answers on AVX2. Kept for the AVX2 gain; it costs nothing elsewhere.
+
+:func:`prefill_by_length` fills such a cache with a batch's prompts a few at a time, sorted by
+length, instead of in one padded forward: the demo's answers unchanged, its prefill a third shorter.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class ReservedCache(DynamicCache):
 #: 60 prompts (left-padded to 132 positions) took 17.8 s on a 2-core AVX2 host in fp32; the same
 #: prompts by length in groups of 30 / 15 / 8 took 13.0 / 12.1 / 12.9 s (medians of 3, alternating,
 #: benchmarks/README.md, 2026-12-08). Less padding (7,920 -> 6,720 positions) is a sixth of the
-#: gain; the rest is the smaller forward's working set.
+#: gain; the rest is the smaller forward (its allocations among it). Measured on CPU only.
 PREFILL_ROWS = 16
 
 
@@ -83,9 +86,10 @@ def prefill_by_length(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int,
     row's last prompt token) and decodes on. The prompts are prefilled by length, ``rows_per_group``
     at a time (:data:`PREFILL_ROWS`), each group left-padded to its own longest prompt, and their
     states copied into place: row ``r``'s tokens at the batch's positions ``width - len(r)`` on,
-    zeros before them (masked, as padding is). A row's states do not depend on the other rows of
-    its forward but through the kernels' blocking, so the greedy answers are the one-batch ones
-    (the demo's 120 answers identical, tested on the tiny model).
+    zeros before them (masked, as padding is). A row's states depend on the other rows of its
+    forward only through the kernels' blocking and the padding, so they differ from one padded
+    forward's by rounding at most: the demo's 120 greedy answers were identical (fp32, AVX2 host,
+    benchmarks/README.md), and the tiny model's are (tests/test_llama_text.py).
     """
     size = max(1, int(rows_per_group or PREFILL_ROWS))
     width = max(len(row) for row in rows)

@@ -223,7 +223,7 @@ class LlamaTextModel(StudentModel):
                 constraint = {} if allowed_answers is None else {
                     "prefix_allowed_tokens_fn": self._answer_constraint(allowed_answers, input_ids.shape[1])}
                 # The prompts prefilled by length, a few at a time, into a cache written in place
-                # instead of DynamicCache's per-step concatenation (the same answers; kv_cache.py).
+                # instead of DynamicCache's per-step concatenation (the demo's answers unchanged; kv_cache.py).
                 cache = prefill_by_length(self.model, rows, pad_id=self.pad_token_id,
                                           capacity=input_ids.shape[1] + max_new_tokens)
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
