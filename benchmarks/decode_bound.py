@@ -78,11 +78,11 @@ def products_seconds(model: torch.nn.Module, rows: int, dtype: torch.dtype, repe
 
 def decode_step_seconds(sm, prompts, steps: int) -> float:
     """Median seconds of a greedy decoding step over the prompts' left-padded batch, after its prefill."""
-    from mint_llama.kv_cache import ReservedCache
+    from mint_llama.kv_cache import ReservedCache, left_pad_positions
 
     rows = [sm.prompt_ids(p) for p in prompts]
     ids, mask = sm._left_pad(rows)
-    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate numbers them
+    position = left_pad_positions(mask)  # as generate numbers them
     cache = ReservedCache(capacity=ids.shape[1] + steps + 2)
     out = sm.model(input_ids=ids, attention_mask=mask, position_ids=position, cache=cache,
                    use_cache=True, logits_to_keep=1)

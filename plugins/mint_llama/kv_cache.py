@@ -106,7 +106,7 @@ def prefill_by_length(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int,
         if not members:
             continue
         ids, mask = left_pad([heads[i] for i in members], pad_id=pad_id, device=model.device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        positions = left_pad_positions(mask)
         group = DynamicCache()
         model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=group, use_cache=True,
               logits_to_keep=1)
@@ -136,3 +136,8 @@ def left_pad(rows: Sequence[Sequence[int]], *, pad_id: int, device: torch.device
             ids[i, width - len(row):] = torch.tensor(list(row))
             mask[i, width - len(row):] = 1
     return ids.to(device), mask.to(device)
+
+
+def left_pad_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch as ``generate`` numbers them: each row's tokens 0..n-1, padding 0."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)

@@ -22,7 +22,7 @@ from mint_core.prepacked import prepacked
 from mint_core.registry import MintError
 from mint_core.types import Prompt
 from mint_llama.config import LlamaTextConfig
-from mint_llama.kv_cache import ReservedCache, left_pad, prefill_by_length
+from mint_llama.kv_cache import ReservedCache, left_pad, left_pad_positions, prefill_by_length
 from mint_llama.resolve import SMOLLM2_CHAT_TEMPLATE, Resolved, resolve_model
 
 if TYPE_CHECKING:
@@ -336,7 +336,7 @@ class LlamaTextModel(StudentModel):
         rows, width = ids.shape
         # Left padding: each row's tokens keep positions 0..n-1, and the last len(shared)+1 positions
         # (those that predict a shared token or a candidate's first token) line up across rows.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = left_pad_positions(mask)
         tail = len(shared) + 1
         kept = [self._kept_prompts.get(tuple(p)) for p in prompts] if self._kept_prompts else [None]
         if all(k is not None for k in kept):
